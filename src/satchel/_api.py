@@ -1,0 +1,89 @@
+"""The core API: ``save``, ``load`` and ``open`` of satchel's single file (SPEC 1-7)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from ._io.writer import write_plan
+from ._lazy import FrameworkName, LazyFile
+from ._plan import plan_save
+from .errors import SatchelFileNotFoundError
+
+__all__ = ["load", "open", "save"]
+
+
+def save(
+    obj: Any, path: str | os.PathLike[str], *, metadata: Mapping[str, str] | None = None
+) -> None:
+    """Save a tensor or any nesting of dict/list/tuple/plain values and arrays to ``path``.
+
+    The file is a valid safetensors file; satchel's manifest in its metadata restores the exact
+    structure, dtypes, shared tensors and views. The write is atomic: a failure at any point
+    leaves the previous file untouched and no temp file behind.
+
+    Raises:
+        UnsupportedObjectError: ``obj`` holds something satchel cannot store (nothing written).
+        SatchelFileNotFoundError: the destination folder does not exist.
+        OSError: the disk refused the write (the previous file is intact).
+
+    Example::
+
+        >>> import numpy as np, satchel, tempfile, os
+        >>> p = os.path.join(tempfile.mkdtemp(), "x")
+        >>> satchel.save({"w": np.arange(3)}, p); satchel.load(p)["w"].tolist()
+        [0, 1, 2]
+    """
+    target = Path(path)
+    plan = plan_save(obj, metadata=metadata)
+    if not target.parent.is_dir():
+        raise SatchelFileNotFoundError(f"{target}: folder {target.parent} does not exist")
+    write_plan(plan, target)
+
+
+def load(
+    path: str | os.PathLike[str],
+    *,
+    framework: FrameworkName = "auto",
+    device: Any = None,
+    dtype: Any = None,
+    mmap: bool = True,
+    verify: bool = True,
+) -> Any:
+    """Load what ``save`` wrote (or any safetensors file, as a flat dict of NumPy arrays).
+
+    ``framework="auto"`` gives each array the framework it was saved from; ``"numpy"`` or
+    ``"torch"`` force one. ``dtype`` casts floating arrays, ``device`` places torch tensors.
+    With ``mmap=True`` arrays are views of a private copy-on-write mapping of the file (no copy,
+    writes never reach the file). With ``verify=True`` every stored tensor is checked against
+    its xxh3-64 checksum before anything is returned.
+
+    Raises:
+        SatchelFileNotFoundError: no such file.
+        FormatError: the file breaks a SPEC rule (names the field).
+        IntegrityError: a tensor's bytes do not match their checksum (names the tensor).
+        FrameworkNotAvailableError: the file holds torch tensors and torch is not installed.
+    """
+    with LazyFile(
+        path, mmap=mmap, verify=verify, framework=framework, device=device, dtype=dtype
+    ) as f:
+        return f.load()
+
+
+def open(
+    path: str | os.PathLike[str],
+    *,
+    framework: FrameworkName = "auto",
+    device: Any = None,
+    dtype: Any = None,
+    mmap: bool = True,
+    verify: bool = True,
+) -> LazyFile:
+    """Open ``path`` lazily: the header is validated now, each tensor read when first used.
+
+    Checksums are verified on first access of each stored tensor. Closing the file keeps
+    arrays already returned valid (they hold the mapping); reading more after close raises.
+    """
+    return LazyFile(path, mmap=mmap, verify=verify, framework=framework, device=device, dtype=dtype)

@@ -1,0 +1,1 @@
+"""Bytes <-> dataclasses for satchel's single file; never touches the file system (SPEC 1-5)."""

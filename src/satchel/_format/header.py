@@ -1,0 +1,211 @@
+"""The safetensors layer of the single file: length prefix, JSON header, data offsets (SPEC 1-2).
+
+Every number comes from an untrusted file, so each one is checked in Python ``int`` arithmetic
+against a cap and against the bytes that really exist before anything is allocated or mapped.
+Layout (little-endian)::
+
+    [u64 N][N bytes: UTF-8 JSON object, space padded][data: tensors back to back, no holes]
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from .. import dtypes
+from ..errors import FormatError
+
+__all__ = [
+    "ALIGNMENT",
+    "MAX_ENTRIES",
+    "MAX_HEADER",
+    "Entry",
+    "Header",
+    "encode_header",
+    "json_object",
+    "parse_header",
+    "parse_length",
+]
+
+MAX_HEADER = 100_000_000  # SPEC 1.2, the same cap safetensors uses
+MAX_ENTRIES = 1_000_000  # SPEC 1.6: bounds parse time and memory within the header cap
+MAX_DIMS = 64  # SPEC 2.5
+ALIGNMENT = 64  # SPEC 1.3: data starts on a 64-byte boundary
+METADATA_KEY = "__metadata__"
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One stored tensor as the safetensors header declares it; offsets relative to data start."""
+
+    name: str
+    dtype: dtypes.DType
+    shape: tuple[int, ...]
+    start: int
+    end: int
+
+    @property
+    def nbytes(self) -> int:
+        return self.end - self.start
+
+
+@dataclass(frozen=True)
+class Header:
+    """A validated header: entries in data order, the string metadata, where data begins."""
+
+    entries: tuple[Entry, ...]
+    metadata: dict[str, str]
+    data_start: int
+    data_len: int
+
+    def entry(self, name: str) -> Entry | None:
+        for e in self.entries:
+            if e.name == name:
+                return e
+        return None
+
+
+def parse_length(prefix: bytes, file_size: int, *, where: str) -> int:
+    """SPEC 1.1-1.2: the header length N, checked against the cap and the file size."""
+    if len(prefix) < 8 or file_size < 8:
+        raise FormatError(
+            f"{where}: file is {file_size} bytes, too short for the 8-byte header length; "
+            "it is truncated or not a satchel/safetensors file"
+        )
+    n = int.from_bytes(prefix[:8], "little")
+    if n < 2:
+        raise FormatError(f"{where}: header length {n} is too small to hold a JSON object")
+    if n > MAX_HEADER:
+        raise FormatError(
+            f"{where}: header length {n} exceeds the {MAX_HEADER}-byte cap; the file is corrupt "
+            "or not a satchel/safetensors file"
+        )
+    if 8 + n > file_size:
+        raise FormatError(
+            f"{where}: header length {n} runs past the end of the file ({file_size} bytes); "
+            "the file is truncated"
+        )
+    return n
+
+
+def json_object(raw: bytes, *, where: str, what: str) -> dict[str, Any]:
+    """Parse JSON that must be an object, refusing duplicate keys (SPEC 1.4-1.5)."""
+
+    def no_dupes(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for k, v in pairs:
+            if k in out:
+                raise FormatError(f"{where}: {what} has the key {k!r} twice")
+            out[k] = v
+        return out
+
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise FormatError(f"{where}: {what} is not valid UTF-8 (byte {e.start})") from e
+    if not text.startswith("{"):
+        raise FormatError(f"{where}: {what} must start with '{{', found {text[:1]!r}")
+    try:
+        obj = json.loads(text, object_pairs_hook=no_dupes, parse_constant=_no_constant)
+    except FormatError:
+        raise
+    except RecursionError as e:
+        raise FormatError(f"{where}: {what} is nested too deeply") from e
+    except ValueError as e:  # JSONDecodeError and over-long integer literals
+        raise FormatError(f"{where}: {what} is not valid JSON: {e}") from e
+    if not isinstance(obj, dict):
+        raise FormatError(f"{where}: {what} must be a JSON object, got {type(obj).__name__}")
+    return obj
+
+
+def _no_constant(name: str) -> None:
+    raise ValueError(f"{name} is not JSON")
+
+
+def parse_header(raw: bytes, *, header_len: int, file_size: int, where: str) -> Header:
+    """Validate the JSON header against SPEC 1-2 and the real file size.
+
+    Raises:
+        FormatError: naming the file and the field that breaks a rule.
+    """
+    obj = json_object(raw, where=where, what="header")
+    if len(obj) > MAX_ENTRIES:
+        raise FormatError(f"{where}: header declares {len(obj)} entries, cap is {MAX_ENTRIES}")
+    meta_raw = obj.pop(METADATA_KEY, {})
+    if not isinstance(meta_raw, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in meta_raw.items()
+    ):
+        raise FormatError(f"{where}: header field {METADATA_KEY!r} must map strings to strings")
+    data_start = 8 + header_len
+    data_len = file_size - data_start
+    entries = sorted(
+        (_entry(name, spec, where=where) for name, spec in obj.items()),
+        key=lambda e: (e.start, e.end),
+    )
+    pos = 0
+    for e in entries:
+        # SPEC 2.6: entries tile the data section exactly: no holes, no overlaps.
+        if e.start != pos:
+            problem = "overlaps the previous one" if e.start < pos else "leaves a hole before it"
+            raise FormatError(
+                f"{where}: tensor {e.name!r} data_offsets [{e.start}, {e.end}] {problem} "
+                f"(expected start {pos})"
+            )
+        pos = e.end
+    if pos != data_len:
+        verb = "truncated" if pos > data_len else "followed by unaccounted bytes"
+        raise FormatError(
+            f"{where}: tensors cover {pos} data bytes but the file holds {data_len}; "
+            f"the file is {verb}"
+        )
+    return Header(tuple(entries), dict(meta_raw), data_start, data_len)
+
+
+def _entry(name: str, spec: object, *, where: str) -> Entry:
+    field = f"{where}: tensor {name!r}"
+    if not isinstance(spec, dict) or set(spec) != {"dtype", "shape", "data_offsets"}:
+        raise FormatError(f"{field} must be an object with exactly dtype, shape, data_offsets")
+    wire = spec["dtype"]
+    dt = dtypes.by_wire(wire) if isinstance(wire, str) else None
+    if dt is None:
+        raise FormatError(f"{field} has unknown dtype {wire!r}")
+    shape = _ints(spec["shape"], f"{field} shape", max_len=MAX_DIMS)
+    offsets = _ints(spec["data_offsets"], f"{field} data_offsets", max_len=2)
+    if len(offsets) != 2:
+        raise FormatError(f"{field} data_offsets must be [start, end]")
+    start, end = offsets
+    if end < start:
+        raise FormatError(f"{field} data_offsets end {end} is before start {start}")
+    nbytes = math.prod(shape) * dt.itemsize  # Python int: cannot overflow (SPEC 2.5)
+    if end - start != nbytes:
+        raise FormatError(
+            f"{field} shape {list(shape)} of {dt.wire} needs {nbytes} bytes but data_offsets "
+            f"span {end - start}"
+        )
+    return Entry(name, dt, shape, start, end)
+
+
+def _ints(value: object, field: str, *, max_len: int) -> tuple[int, ...]:
+    if not isinstance(value, list) or len(value) > max_len:
+        raise FormatError(f"{field} must be a list of at most {max_len} integers")
+    for v in value:
+        if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v < 2**63:
+            raise FormatError(f"{field} holds {v!r}; expected integers in [0, 2^63)")
+    return tuple(value)
+
+
+def encode_header(entries: list[Entry], metadata: dict[str, str]) -> bytes:
+    """The 8-byte length plus the JSON header, space padded so data starts 64-byte aligned."""
+    obj: dict[str, Any] = {METADATA_KEY: metadata} if metadata else {}
+    for e in entries:
+        assert e.dtype.wire is not None
+        obj[e.name] = {
+            "dtype": e.dtype.wire,
+            "shape": list(e.shape),
+            "data_offsets": [e.start, e.end],
+        }
+    body = json.dumps(obj, separators=(",", ":"), ensure_ascii=True).encode("ascii")
+    body += b" " * (-(8 + len(body)) % ALIGNMENT)
+    return len(body).to_bytes(8, "little") + body

@@ -1,0 +1,73 @@
+"""Opening a single file: read and validate the header, then map (or read) the data section."""
+
+from __future__ import annotations
+
+import mmap as _mmap
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .._format.header import Header, parse_header, parse_length
+from .._format.manifest import Manifest
+from .._format.validate import manifest_of
+from ..errors import FormatError, SatchelFileNotFoundError
+
+__all__ = ["Opened", "open_file"]
+
+
+@dataclass(frozen=True)
+class Opened:
+    """A validated file: header, manifest (``None`` for plain safetensors) and its data bytes.
+
+    ``data`` is a flat uint8 array over the data section: a private copy-on-write mapping with
+    ``mmap=True`` (writes to loaded arrays never reach the file), or bytes read into memory.
+    """
+
+    path: Path
+    header: Header
+    manifest: Manifest | None
+    data: np.ndarray[Any, np.dtype[np.uint8]]
+
+
+def open_file(path: str | os.PathLike[str], *, mmap: bool = True) -> Opened:
+    """Open and validate ``path``; nothing beyond the header is read until data is touched.
+
+    Raises:
+        SatchelFileNotFoundError: no such file.
+        FormatError: the header breaks a SPEC rule.
+    """
+    p = Path(path)
+    where = str(p)
+    try:
+        f = p.open("rb")
+    except FileNotFoundError as e:
+        raise SatchelFileNotFoundError(f"{where}: no such file") from e
+    except IsADirectoryError as e:
+        raise FormatError(f"{where}: is a folder, not a satchel or safetensors file") from e
+    with f:
+        size = os.fstat(f.fileno()).st_size
+        n = parse_length(f.read(8), size, where=where)
+        raw = f.read(n)
+        if len(raw) != n:
+            raise FormatError(f"{where}: file shrank while reading the header")
+        header = parse_header(raw, header_len=n, file_size=size, where=where)
+        manifest = manifest_of(header, where=where)
+        if header.data_len == 0:
+            data = np.empty(0, dtype=np.uint8)
+        elif mmap:
+            mm = _mmap.mmap(f.fileno(), size, access=_mmap.ACCESS_COPY)
+            data = np.frombuffer(
+                mm, dtype=np.uint8, count=header.data_len, offset=header.data_start
+            )
+        else:
+            data = np.empty(header.data_len, dtype=np.uint8)
+            f.seek(header.data_start)
+            got = f.readinto(data.data)
+            if got != header.data_len:
+                raise FormatError(
+                    f"{where}: file shrank while reading ({got} of {header.data_len} data bytes)"
+                )
+    return Opened(p, header, manifest, data)

@@ -1,0 +1,221 @@
+"""The save planner: a user object in, a :class:`Plan` out (what bytes go where). Pure.
+
+It decides which arrays are stored once (tied weights, views of one base), names the stored
+tensors, orders them so each starts aligned to its item size without padding (SPEC 2.2), and
+computes checksums. The writer in ``_io`` only executes the plan.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from . import dtypes
+from ._format.header import Entry, encode_header
+from ._format.manifest import (
+    MANIFEST_CHECKSUM_KEY,
+    MANIFEST_KEY,
+    Leaf,
+    Manifest,
+    Stored,
+    encode_manifest,
+)
+from ._format.validate import xxh3_hex
+from ._tree import flatten, unique_names
+from .adapters import ArrayView, describe, is_array
+from .errors import UnsupportedObjectError
+
+__all__ = ["Plan", "plan_save"]
+
+_RESERVED = frozenset({"__metadata__"})
+_U8 = dtypes.get("uint8")
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Everything the writer needs: the header bytes and each stored tensor's bytes in order."""
+
+    header: bytes
+    chunks: tuple[np.ndarray[Any, np.dtype[np.uint8]], ...]
+
+    @property
+    def size(self) -> int:
+        return len(self.header) + sum(c.nbytes for c in self.chunks)
+
+
+@dataclass
+class _Store:
+    name: str
+    dtype: dtypes.DType
+    shape: tuple[int, ...]
+    data: np.ndarray[Any, np.dtype[np.uint8]]
+
+
+def plan_save(obj: Any, *, metadata: Mapping[str, str] | None = None) -> Plan:
+    """Plan how ``obj`` is written.
+
+    Raises:
+        UnsupportedObjectError: for anything satchel cannot store; nothing is written then.
+    """
+    meta = _check_metadata(metadata)
+    flat = flatten(obj, is_leaf=is_array)
+    views = [describe(x, where=name) for x, name in zip(flat.leaves, flat.names, strict=True)]
+    names = unique_names(flat.names, reserved=_RESERVED)
+    stores: list[_Store] = []
+    leaves: list[Leaf | None] = [None] * len(views)
+    for group in _groups(views):
+        if len(group) == 1:
+            i = group[0]
+            v = views[i]
+            stores.append(_Store(names[i], v.dtype, v.shape, _bytes_of(v.values())))
+            leaves[i] = Leaf(
+                v.framework, v.kind, v.dtype, v.shape, names[i], 0, None, v.requires_grad
+            )
+        else:
+            _plan_shared(group, views, names, stores, leaves)
+    return _layout(flat.skeleton, [x for x in leaves if x is not None], stores, meta)
+
+
+def _check_metadata(metadata: Mapping[str, str] | None) -> dict[str, str]:
+    meta = dict(metadata or {})
+    for k, v in meta.items():
+        if not isinstance(k, str) or not isinstance(v, str):
+            raise UnsupportedObjectError(
+                f"metadata must map str to str (safetensors' rule); got {k!r}: {type(v).__name__}"
+            )
+        if k.startswith(MANIFEST_KEY):
+            raise UnsupportedObjectError(
+                f"metadata key {k!r}: keys starting 'satchel' are reserved"
+            )
+    return meta
+
+
+def _groups(views: list[ArrayView]) -> list[list[int]]:
+    """Leaves grouped by the allocation they live in; empty or unshareable ones stand alone."""
+    by_key: dict[object, list[int]] = {}
+    order: list[list[int]] = []
+    for i, v in enumerate(views):
+        if v.memory is None or math.prod(v.shape) == 0 or v.kind == "bytes":
+            order.append([i])
+            continue
+        if v.memory.key not in by_key:
+            by_key[v.memory.key] = []
+            order.append(by_key[v.memory.key])
+        by_key[v.memory.key].append(i)
+    return order
+
+
+def _extent(v: ArrayView) -> tuple[int, int]:
+    assert v.memory is not None
+    isz = v.dtype.itemsize
+    lo = sum(min(0, (n - 1) * s) for n, s in zip(v.shape, v.memory.strides, strict=True))
+    hi = sum(max(0, (n - 1) * s) for n, s in zip(v.shape, v.memory.strides, strict=True))
+    return v.memory.offset + lo * isz, v.memory.offset + hi * isz + isz
+
+
+def _plan_shared(
+    group: list[int],
+    views: list[ArrayView],
+    names: list[str],
+    stores: list[_Store],
+    leaves: list[Leaf | None],
+) -> None:
+    """Store the byte span covering every view of one allocation once (SPEC 3.6)."""
+    extents = [_extent(views[i]) for i in group]
+    start = min(lo for lo, _ in extents)
+    end = max(hi for _, hi in extents)
+    # A leaf that is C-contiguous and covers the span exactly becomes the stored tensor itself,
+    # so safetensors readers see it under its own name, dtype and shape.
+    owner = next(
+        (
+            i
+            for i, (lo, hi) in zip(group, extents, strict=True)
+            if (lo, hi) == (start, end) and _c_contiguous(views[i])
+        ),
+        None,
+    )
+    first = views[group[0]]
+    whole = first.memory.whole() if first.memory else None
+    assert whole is not None
+    if owner is not None:
+        v = views[owner]
+        base_name = names[owner]
+        store = _Store(base_name, v.dtype, v.shape, whole[start:end])
+    else:
+        # Round the span start down so every view's byte offset stays a multiple of its item
+        # size (all item sizes divide 16); the allocation itself starts aligned.
+        start -= start % 16
+        base_name = _span_name(names[group[0]], names)
+        same = {views[i].dtype for i in group}
+        dt = same.pop() if len(same) == 1 else _U8
+        if (end - start) % dt.itemsize:
+            dt = _U8
+        store = _Store(base_name, dt, ((end - start) // dt.itemsize,), whole[start:end])
+    stores.append(store)
+    for i in group:
+        v = views[i]
+        assert v.memory is not None
+        if i == owner:
+            leaves[i] = Leaf(
+                v.framework, v.kind, v.dtype, v.shape, base_name, 0, None, v.requires_grad
+            )
+        else:
+            leaves[i] = Leaf(
+                v.framework,
+                v.kind,
+                v.dtype,
+                v.shape,
+                base_name,
+                v.memory.offset - start,
+                v.memory.strides,
+                v.requires_grad,
+            )
+
+
+def _span_name(first: str, names: list[str]) -> str:
+    name = f"{first}.__base__"
+    k = 1
+    while name in names:
+        name = f"{first}.__base__#{k}"
+        k += 1
+    names.append(name)  # reserve it against later collisions
+    return name
+
+
+def _c_contiguous(v: ArrayView) -> bool:
+    assert v.memory is not None
+    expected = 1
+    for n, s in zip(reversed(v.shape), reversed(v.memory.strides), strict=True):
+        if n != 1 and s != expected:
+            return False
+        expected *= n
+    return True
+
+
+def _bytes_of(arr: np.ndarray[Any, Any]) -> np.ndarray[Any, np.dtype[np.uint8]]:
+    return arr.reshape(-1).view(np.uint8)
+
+
+def _layout(skeleton: Any, leaves: list[Leaf], stores: list[_Store], meta: dict[str, str]) -> Plan:
+    # SPEC 2.2: larger item sizes first; every size divides the ones before it and each tensor's
+    # byte length is a multiple of its item size, so each start stays aligned with no padding.
+    ordered = sorted(stores, key=lambda s: -s.dtype.itemsize)
+    stored: dict[str, Stored] = {}
+    entries: list[Entry] = []
+    pos = 0
+    for s in ordered:
+        stored[s.name] = Stored(s.dtype, s.shape, xxh3_hex(s.data))
+        wire_dt, wire_shape = (s.dtype, s.shape) if s.dtype.wire else (_U8, (s.data.nbytes,))
+        entries.append(Entry(s.name, wire_dt, wire_shape, pos, pos + s.data.nbytes))
+        pos += s.data.nbytes
+    manifest = encode_manifest(Manifest(skeleton, tuple(leaves), stored, meta))
+    header_meta = {
+        **meta,
+        MANIFEST_KEY: manifest,
+        MANIFEST_CHECKSUM_KEY: xxh3_hex(manifest.encode("ascii")),
+    }
+    return Plan(encode_header(entries, header_meta), tuple(s.data for s in ordered))

@@ -1,0 +1,83 @@
+"""Framework adapters: what a user's array *is* (dtype, shape, memory) and how to rebuild one.
+
+Each adapter is imported only when an object of its framework shows up, so ``import satchel``
+never imports an ML framework (SPEC 6.1). The core sees only :class:`ArrayView` values.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+
+from ..dtypes import DType
+
+__all__ = ["ArrayView", "Framework", "Kind", "Memory", "describe", "is_array"]
+
+Framework = Literal["numpy", "torch"]
+Kind = Literal["tensor", "parameter", "scalar", "bytes"]
+
+
+@dataclass(frozen=True)
+class Memory:
+    """Where an array's elements live, so arrays sharing one allocation can be stored once.
+
+    ``offset`` is in bytes from the allocation start, ``strides`` in elements; ``whole()``
+    returns the allocation as a flat uint8 NumPy array without copying.
+    """
+
+    key: object
+    offset: int
+    strides: tuple[int, ...]
+    whole: Callable[[], np.ndarray[Any, np.dtype[np.uint8]]]
+
+
+@dataclass(frozen=True)
+class ArrayView:
+    """One array leaf as the planner sees it; ``values()`` is C-contiguous (copies if needed)."""
+
+    framework: Framework
+    kind: Kind
+    dtype: DType
+    shape: tuple[int, ...]
+    requires_grad: bool
+    memory: Memory | None
+    values: Callable[[], np.ndarray[Any, Any]]
+
+
+def _is_torch(x: object) -> bool:
+    # Checking the module name first keeps torch unimported for users who never touch it.
+    return "torch" in sys.modules and type(x).__module__.startswith("torch")
+
+
+def is_array(x: object) -> bool:
+    """True for what satchel stores as data: NumPy arrays and scalars, torch tensors, bytes."""
+    if isinstance(x, (np.ndarray, np.generic, bytes, bytearray)):
+        return True
+    if _is_torch(x):
+        import torch
+
+        return isinstance(x, torch.Tensor)
+    return False
+
+
+def describe(x: object, *, where: str) -> ArrayView:
+    """Describe an array leaf without copying its data.
+
+    Raises:
+        UnsupportedObjectError: for object, structured or string arrays and exotic tensors.
+    """
+    if isinstance(x, (bytes, bytearray)):
+        from . import numpy as np_adapter
+
+        return np_adapter.describe_bytes(bytes(x))
+    if isinstance(x, (np.ndarray, np.generic)):
+        from . import numpy as np_adapter
+
+        return np_adapter.describe(x, where=where)
+    from . import torch as torch_adapter
+
+    return torch_adapter.describe(x, where=where)

@@ -1,0 +1,121 @@
+"""PyTorch adapter: tensors and Parameters in, tensors sharing the mapped file's memory out.
+
+Imported only when a torch object is saved or a torch leaf is loaded.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from .. import dtypes
+from ..errors import UnsupportedObjectError
+from . import ArrayView, Kind, Memory
+
+__all__ = ["describe", "finish", "from_numpy_bytes", "materialize", "to_torch_dtype"]
+
+_TO_NAME: dict[torch.dtype, str] = {
+    torch.bool: "bool",
+    torch.uint8: "uint8",
+    torch.int8: "int8",
+    torch.uint16: "uint16",
+    torch.int16: "int16",
+    torch.uint32: "uint32",
+    torch.int32: "int32",
+    torch.uint64: "uint64",
+    torch.int64: "int64",
+    torch.float16: "float16",
+    torch.bfloat16: "bfloat16",
+    torch.float32: "float32",
+    torch.float64: "float64",
+    torch.float8_e4m3fn: "float8_e4m3fn",
+    torch.float8_e5m2: "float8_e5m2",
+    torch.complex64: "complex64",
+    torch.complex128: "complex128",
+}
+_FROM_NAME = {v: k for k, v in _TO_NAME.items()}
+
+
+def to_torch_dtype(dt: dtypes.DType) -> torch.dtype:
+    """The torch dtype for a satchel dtype (every satchel dtype has one)."""
+    return _FROM_NAME[dt.name]
+
+
+def describe(x: Any, *, where: str) -> ArrayView:
+    """An :class:`ArrayView` of a tensor; GPU tensors are copied to host, conj/neg bits resolved."""
+    if not isinstance(x, torch.Tensor):
+        raise UnsupportedObjectError(f"cannot save {type(x).__qualname__} at {where!r}")
+    name = _TO_NAME.get(x.dtype)
+    if name is None or x.layout != torch.strided or x.is_quantized:
+        raise UnsupportedObjectError(
+            f"cannot save tensor {where or '<root>'!r}: dtype {x.dtype}, layout {x.layout} is not "
+            "supported (dense tensors of bool, ints, floats, bfloat16, float8 and complex are); "
+            "convert it with .to_dense() or .to(torch.float32) first"
+        )
+    dt = dtypes.by_name(name)
+    assert dt is not None
+    kind: Kind = "parameter" if isinstance(x, torch.nn.Parameter) else "tensor"
+    requires_grad = bool(x.requires_grad)
+    t = x.detach()
+    memory: Memory | None = None
+    if t.device.type != "cpu" or t.is_conj() or t.is_neg():
+        t = t.resolve_conj().resolve_neg().cpu()
+    else:
+        storage = t.untyped_storage()
+        memory = Memory(
+            key=("torch", storage.data_ptr(), storage.nbytes()),
+            offset=int(t.storage_offset()) * dt.itemsize,
+            strides=tuple(int(s) for s in t.stride()),
+            whole=lambda: torch.empty(0, dtype=torch.uint8).set_(storage).numpy(),
+        )
+    shape = tuple(int(n) for n in t.shape)
+
+    def values() -> np.ndarray[Any, Any]:
+        flat = t.contiguous().reshape(-1).view(torch.uint8).numpy()
+        return flat.view(dt.numpy).reshape(shape)
+
+    return ArrayView("torch", kind, dt, shape, requires_grad, memory, values)
+
+
+def materialize(
+    base: torch.Tensor,
+    dtype: dtypes.DType,
+    shape: tuple[int, ...],
+    offset: int,
+    strides: tuple[int, ...],
+) -> torch.Tensor:
+    """A tensor viewing ``base`` (a flat uint8 tensor) at byte ``offset``; no copy.
+
+    All leaves built from one ``base`` share its storage, so views and tied weights stay shared.
+    """
+    isz = dtype.itemsize
+    usable = base.numel() - base.numel() % isz
+    typed = base[:usable].view(to_torch_dtype(dtype))
+    return typed.as_strided(shape, strides, offset // isz)
+
+
+def finish(
+    t: torch.Tensor,
+    *,
+    kind: str,
+    requires_grad: bool,
+    dtype: dtypes.DType | None,
+    device: Any,
+) -> torch.Tensor:
+    """Cast floating tensors, place on ``device``, and make a Parameter again if it was one."""
+    if dtype is not None and t.is_floating_point():
+        t = t.to(to_torch_dtype(dtype))
+    if device is not None:
+        t = t.to(device)
+    if kind == "parameter":
+        return torch.nn.Parameter(t, requires_grad=requires_grad)
+    if kind == "scalar":
+        return t.reshape(())
+    return t
+
+
+def from_numpy_bytes(arr: np.ndarray[Any, np.dtype[np.uint8]]) -> torch.Tensor:
+    """Wrap a flat uint8 array (a slice of the mapped file) as a tensor without copying."""
+    return torch.from_numpy(arr)
