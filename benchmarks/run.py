@@ -141,14 +141,164 @@ def file_for(tmp: Path, payload: Payload, kind: str) -> Path:
     return tmp / f"{payload.name}-{kind}{SUFFIX[kind]}"
 
 
-def save_cases(payload: Payload, tmp: Path) -> list[Case]:
-    def case(s: object) -> Case:
-        assert hasattr(s, "save")
-        path = file_for(tmp, payload, s.file)  # type: ignore[attr-defined]
-        return Case(
-            s.label,  # type: ignore[attr-defined]
-            lambda: s.save(payload, path),  # type: ignore[attr-defined]
-            lambda: remove_and_settle(path),
-        )
+def _save_case(s: Saver, payload: Payload, path: Path) -> Case:
+    return Case(s.label, lambda: s.save(payload, path), lambda: remove_and_settle(path))
 
-    return [case(s) for s in SAVERS]
+
+def _cold_load_case(loader: Loader, path: Path) -> Case:
+    return Case(loader.label, lambda: touch(loader.load(path)), lambda: evict(path))
+
+
+def _cold_one_case(reader: OneReader, path: Path, name: str) -> Case:
+    return Case(reader.label, lambda: reader.read(path, name), lambda: evict(path))
+
+
+def _warm_case(loader: Loader, path: Path) -> Case:
+    # Nothing touched: this measures what the load call itself costs when data is cached.
+    return Case(loader.label, lambda: loader.load(path))
+
+
+def _loader(label: str) -> Loader:
+    return next(loader for loader in LOADERS if loader.label == label)
+
+
+def save_phase(payload: Payload, tmp: Path, reps: int) -> dict[str, Samples]:
+    cases = [_save_case(s, payload, file_for(tmp, payload, s.file)) for s in SAVERS]
+    return run_rounds(cases, reps, log)
+
+
+def cold_load_phase(payload: Payload, tmp: Path, reps: int) -> dict[str, Samples]:
+    cases = [_cold_load_case(ld, file_for(tmp, payload, ld.file)) for ld in LOADERS]
+    return run_rounds(cases, reps, log)
+
+
+def one_tensor_phase(payload: Payload, tmp: Path, name: str, reps: int) -> dict[str, Samples]:
+    readers = one_readers(payload.spans)
+    cases = [_cold_one_case(rd, file_for(tmp, payload, rd.file), name) for rd in readers]
+    return run_rounds(cases, reps, log)
+
+
+def warm_phase(payload: Payload, tmp: Path, config: Config) -> dict[str, Samples]:
+    """The lazy-load target (many runs: it is short) plus cached loads of peers for context."""
+    lazy = _loader(SATCHEL_UNVERIFIED)
+    context = [_loader(label) for label in (SATCHEL_VERIFIED, ST_LOAD, TORCH_MMAP)]
+    for loader in [lazy, *context]:
+        warm(file_for(tmp, payload, loader.file))
+    found = run_rounds([_warm_case(lazy, file_for(tmp, payload, lazy.file))], config.warm_reps, log)
+    cases = [_warm_case(ld, file_for(tmp, payload, ld.file)) for ld in context]
+    return found | run_rounds(cases, config.reps, log)
+
+
+def reference_phase(payload: Payload, reps: int) -> dict[str, Samples]:
+    """In-RAM costs of hashing and copying the payload: what the disk numbers build on."""
+    flat = payload.flat
+    target = np.ones_like(flat)  # ones, not empty: pages faulted in before timing
+    cases = [
+        Case(HASH_REF, lambda: xxhash.xxh3_64_intdigest(flat)),
+        Case(COPY_REF, lambda: np.copyto(target, flat)),
+    ]
+    return run_rounds(cases, reps, log)
+
+
+def big_phases(config: Config, tmp: Path) -> tuple[dict[str, dict[str, Samples]], Payload, str]:
+    started = time.perf_counter()
+    big = transformer_state(config.size_bytes)
+    log(f"built {big.count} tensors, {big.nbytes / GIB:.2f} GiB in {time.perf_counter() - started:.1f} s")
+    name = one_tensor_name(big)
+    sections = {
+        "big_save": save_phase(big, tmp, config.reps),
+        "big_load": cold_load_phase(big, tmp, config.reps),
+        "big_one": one_tensor_phase(big, tmp, name, config.reps),
+        "big_warm": warm_phase(big, tmp, config),
+        "reference": reference_phase(big, config.reps),
+    }
+    return sections, big, name
+
+
+def small_phases(config: Config, tmp: Path) -> tuple[dict[str, dict[str, Samples]], Payload]:
+    small = small_state(config.small_count)
+    log(f"built {small.count} small tensors")
+    sections = {
+        "small_save": save_phase(small, tmp, config.reps),
+        "small_load": cold_load_phase(small, tmp, config.reps),
+    }
+    return sections, small
+
+
+def child_peak(kind: str, size_bytes: int, tmp: Path) -> dict[str, int]:
+    """Runs in a fresh process: RSS high-water mark of one save of the big state."""
+    payload = transformer_state(size_bytes)
+    if kind == "satchel":
+        satchel()  # import before the baseline: module memory is not the save's cost
+    gc.collect()
+    if not reset_peak_rss():
+        raise RuntimeError("cannot reset VmHWM through /proc/self/clear_refs")
+    baseline = proc_status_bytes("VmRSS")
+    path = tmp / f"memory-{kind}{SUFFIX[kind]}"
+    saver(kind).save(payload, path)
+    peak = proc_status_bytes("VmHWM")
+    path.unlink()
+    return {"baseline": baseline, "peak": peak, "state": payload.nbytes}
+
+
+def _child_memory(kind: str, config: Config, tmp: Path) -> Memory:
+    label = saver(kind).label
+    size_gib = repr(config.size_bytes / GIB)
+    cmd = [sys.executable, __file__, "--child-peak", kind, "--size-gib", size_gib]
+    proc = subprocess.run([*cmd, "--workdir", str(tmp)], capture_output=True, text=True)
+    if proc.returncode != 0:
+        last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        log(f"  memory {kind}: FAILED {last}")
+        return Memory(label, error=last)
+    memory = Memory(label, **json.loads(proc.stdout.strip().splitlines()[-1]))
+    log(f"  memory {kind}: peak {memory.ratio:.2f}x state above baseline")
+    return memory
+
+
+def run_all(config: Config, tmp: Path) -> Results:
+    started = time.perf_counter()
+    machine = machine_info(tmp)
+    big_sections, big, name = big_phases(config, tmp)
+    meta = {"big_bytes": big.nbytes, "big_count": big.count, "one_bytes": big.spans[name][1]}
+    del big  # frees ~2x the state before the small phase and the memory children
+    gc.collect()
+    small_sections, small = small_phases(config, tmp)
+    memory = [_child_memory(kind, config, tmp) for kind in MEMORY_PEERS]
+    log(f"total {time.perf_counter() - started:.0f} s")
+    return Results(
+        command=config.command,
+        machine=machine,
+        reps=config.reps,
+        warm_reps=config.warm_reps,
+        small_bytes=small.nbytes,
+        small_count=small.count,
+        one_name=name,
+        sections=big_sections | small_sections,
+        memory=memory,
+        **meta,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    args = parse_args(argv)
+    if args.child_peak:
+        result = child_peak(args.child_peak, int(args.size_gib * GIB), args.workdir)
+        print(json.dumps(result))
+        return 0
+    config = make_config(args, argv)
+    previous = args.out.read_text(encoding="utf-8") if args.out and args.out.exists() else None
+    with tempfile.TemporaryDirectory(prefix="satchel-bench-", dir=config.workdir) as name:
+        warn_if_memory_backed(Path(name))
+        results = run_all(config, Path(name))
+    text = render(results, extract_notes(previous))
+    if args.out is None:
+        print(text)
+    else:
+        args.out.write_text(text, encoding="utf-8")
+        log(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -7,7 +7,6 @@ already handed out keep the mapping alive and stay valid.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 from dataclasses import dataclass
 from types import TracebackType
@@ -175,7 +174,7 @@ class LazyFile:
 
     def _framework_of(self, leaf: Leaf) -> str:
         fw = leaf.framework if self._framework == "auto" else self._framework
-        if fw == "torch" and importlib.util.find_spec("torch") is None:
+        if fw == "torch" and not _torch_available():
             raise FrameworkNotAvailableError(
                 f"{self._where}: array saved from torch but torch is not installed; "
                 "pass framework='numpy' to get NumPy arrays"
@@ -225,6 +224,14 @@ class LazyFile:
             else:
                 self._bases[key] = raw
         return self._bases[key]
+
+
+def _torch_available() -> bool:
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def _c_strides(shape: tuple[int, ...]) -> tuple[int, ...]:

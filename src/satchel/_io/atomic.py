@@ -7,9 +7,9 @@ by a killed process carries a recognisable name so it can be cleaned).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
-import contextlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
