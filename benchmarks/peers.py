@@ -47,6 +47,10 @@ class OneReader:
     read: Callable[[Path, str], object]
 
 
+SATCHEL_VERIFIED = "satchel.load(mmap, verify=True)"
+SATCHEL_UNVERIFIED = "satchel.load(mmap, verify=False)"
+TORCH_MMAP = "torch.load(weights_only, mmap)"
+
 SUFFIX = {
     "raw": ".bin",
     "torch": ".pt",
@@ -96,19 +100,12 @@ def _satchel_load(verify: bool) -> Callable[[Path], object]:
 LOADERS = [
     Loader("raw read", "raw", read_raw),
     Loader("torch.load(weights_only)", "torch", lambda p: torch.load(p, weights_only=True)),
-    Loader(
-        "torch.load(weights_only, mmap)",
-        "torch",
-        lambda p: torch.load(p, weights_only=True, mmap=True),
-    ),
+    Loader(TORCH_MMAP, "torch", lambda p: torch.load(p, weights_only=True, mmap=True)),
     Loader("safetensors load_file", "safetensors", safetensors.torch.load_file),
     Loader("np.load(npz), every array", "numpy", _npz_load),
-    Loader("satchel.load(mmap, verify=True)", "satchel", _satchel_load(verify=True)),
-    Loader("satchel.load(mmap, verify=False)", "satchel", _satchel_load(verify=False)),
+    Loader(SATCHEL_VERIFIED, "satchel", _satchel_load(verify=True)),
+    Loader(SATCHEL_UNVERIFIED, "satchel", _satchel_load(verify=False)),
 ]
-
-SATCHEL_VERIFIED = "satchel.load(mmap, verify=True)"
-SATCHEL_UNVERIFIED = "satchel.load(mmap, verify=False)"
 
 
 def _torch_one(mmap: bool) -> Callable[[Path, str], object]:

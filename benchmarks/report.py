@@ -116,7 +116,11 @@ def _sections(r: Results) -> list[tuple[str, str, str]]:
         ),
         ("reference", "In-memory references (same payload)", "No disk involved."),
         ("small_save", f"{small} — save + fsync", "As for the big state."),
-        ("small_load", f"{small} — cold load", f"{cold}; the time covers the load call, {touched}."),
+        (
+            "small_load",
+            f"{small} — cold load",
+            f"{cold}; the time covers the load call, {touched}.",
+        ),
     ]
 
 
@@ -189,7 +193,12 @@ def _memory_outcome(r: Results) -> Outcome:
 # (target, satchel case, reference case, highest passing ratio); {big}/{small} name the states.
 RATIO_TARGETS = [
     ("{big} save+fsync vs safetensors", ("big_save", SATCHEL_SAVE), ("big_save", ST_SAVE), 1.00),
-    ("{big} save+fsync vs raw write+fsync", ("big_save", SATCHEL_SAVE), ("big_save", RAW_SAVE), 1.15),
+    (
+        "{big} save+fsync vs raw write+fsync",
+        ("big_save", SATCHEL_SAVE),
+        ("big_save", RAW_SAVE),
+        1.15,
+    ),
     (
         "{big} cold load, checksums verified, vs raw cold read",
         ("big_load", SATCHEL_VERIFIED),

@@ -43,6 +43,10 @@ from peers import (
     SATCHEL_VERIFIED,
     SAVERS,
     SUFFIX,
+    TORCH_MMAP,
+    Loader,
+    OneReader,
+    Saver,
     one_readers,
     satchel,
     saver,
@@ -90,16 +94,29 @@ def make_config(args: argparse.Namespace, argv: list[str]) -> Config:
     return Config(int(size_gib * GIB), small, reps, 5 if args.quick else 20, args.workdir, command)
 
 
-def filesystem_of(path: Path) -> str:
-    """`device (fstype)` of the mount holding `path`: the report should say what disk it hit."""
+def _mount_of(path: Path) -> tuple[str, str, str]:
+    """(device, fstype, mountpoint) of the deepest mount holding `path`."""
     best = ("?", "?", "")
+    resolved = str(path.resolve())
     with open("/proc/mounts", encoding="utf-8") as mounts:
         for line in mounts:
             device, mountpoint, fstype = line.split()[:3]
-            inside = str(path).startswith(mountpoint.rstrip("/") + "/") or str(path) == mountpoint
+            prefix = mountpoint.rstrip("/") + "/"
+            inside = resolved == mountpoint or resolved.startswith(prefix)
             if inside and len(mountpoint) >= len(best[2]):
                 best = (device, fstype, mountpoint)
-    return f"{best[0]} ({best[1]}, mounted at {best[2]})"
+    return best
+
+
+def filesystem_of(path: Path) -> str:
+    device, fstype, mountpoint = _mount_of(path)
+    return f"{device} ({fstype}, mounted at {mountpoint})"
+
+
+def warn_if_memory_backed(path: Path) -> None:
+    # On tmpfs "disk" reads and fsyncs are memcpy and no-ops: the raw limits would mean nothing.
+    if _mount_of(path)[1] in {"tmpfs", "ramfs"}:
+        log(f"WARNING: {path} is memory-backed; pass --workdir on a real disk")
 
 
 def _cpu_model() -> str:
@@ -120,7 +137,10 @@ def _version(dist: str) -> str:
 def machine_info(workdir: Path) -> dict[str, str]:
     import torch
 
-    satchel_version = getattr(satchel(), "__version__", None) or _version("satchel")
+    try:
+        satchel_version = getattr(satchel(), "__version__", None) or _version("satchel")
+    except ImportError as exc:  # still benchmark the peers; satchel rows will show the error
+        satchel_version = f"import failed ({exc})"
     return {
         "Date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "CPU": _cpu_model(),
@@ -203,7 +223,8 @@ def reference_phase(payload: Payload, reps: int) -> dict[str, Samples]:
 def big_phases(config: Config, tmp: Path) -> tuple[dict[str, dict[str, Samples]], Payload, str]:
     started = time.perf_counter()
     big = transformer_state(config.size_bytes)
-    log(f"built {big.count} tensors, {big.nbytes / GIB:.2f} GiB in {time.perf_counter() - started:.1f} s")
+    elapsed = time.perf_counter() - started
+    log(f"built {big.count} tensors, {big.nbytes / GIB:.2f} GiB in {elapsed:.1f} s")
     name = one_tensor_name(big)
     sections = {
         "big_save": save_phase(big, tmp, config.reps),
@@ -244,8 +265,9 @@ def child_peak(kind: str, size_bytes: int, tmp: Path) -> dict[str, int]:
 def _child_memory(kind: str, config: Config, tmp: Path) -> Memory:
     label = saver(kind).label
     size_gib = repr(config.size_bytes / GIB)
-    cmd = [sys.executable, __file__, "--child-peak", kind, "--size-gib", size_gib]
-    proc = subprocess.run([*cmd, "--workdir", str(tmp)], capture_output=True, text=True)
+    cmd = [sys.executable, __file__, "--child-peak", kind, "--size-gib", size_gib, "--workdir"]
+    # check=False: a failing child becomes an error row, the other peers still get measured.
+    proc = subprocess.run([*cmd, str(tmp)], check=False, capture_output=True, text=True)
     if proc.returncode != 0:
         last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
         log(f"  memory {kind}: FAILED {last}")
