@@ -5,13 +5,20 @@ The whole public surface is re-exported here; everything else is private.
 
 from ._api import load, open, save
 from ._lazy import LazyFile, TensorInfo
+from ._manager import CheckpointInfo, CheckpointManager, CheckpointWarning, RestoreResult
+from ._rng import capture_rng, restore_rng
+from ._state import LoadReport, Mismatch, load_state
 from .errors import (
+    CheckpointExistsError,
+    CheckpointLockedError,
+    CheckpointNotFoundError,
     FormatError,
     FrameworkNotAvailableError,
     IntegrityError,
     MissingKeyError,
     SatchelError,
     SatchelFileNotFoundError,
+    StateMismatchError,
     UnsafeContentError,
     UnsupportedObjectError,
     UsageError,
@@ -20,19 +27,32 @@ from .errors import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "CheckpointExistsError",
+    "CheckpointInfo",
+    "CheckpointLockedError",
+    "CheckpointManager",
+    "CheckpointNotFoundError",
+    "CheckpointWarning",
     "FormatError",
     "FrameworkNotAvailableError",
     "IntegrityError",
     "LazyFile",
+    "LoadReport",
+    "Mismatch",
     "MissingKeyError",
+    "RestoreResult",
     "SatchelError",
     "SatchelFileNotFoundError",
+    "StateMismatchError",
     "TensorInfo",
     "UnsafeContentError",
     "UnsupportedObjectError",
     "UsageError",
     "__version__",
+    "capture_rng",
     "load",
+    "load_state",
     "open",
+    "restore_rng",
     "save",
 ]

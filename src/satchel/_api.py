@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -37,10 +38,27 @@ def save(
         [0, 1, 2]
     """
     target = Path(path)
-    plan = plan_save(obj, metadata=metadata)
+    obj, module = _unwrap_module(obj)
+    plan = plan_save(obj, metadata=metadata, module=module)
     if not target.parent.is_dir():
         raise SatchelFileNotFoundError(f"{target}: folder {target.parent} does not exist")
     write_plan(plan, target)
+
+
+def _unwrap_module(obj: Any) -> tuple[Any, str | None]:
+    """An ``nn.Module`` is saved as its state dict plus its class's import path.
+
+    The path is information for people and tools; satchel never imports or calls it. The
+    architecture stays in code: build the model, then ``load_state`` into it.
+    """
+    if "torch" not in sys.modules:
+        return obj, None
+    import torch
+
+    if isinstance(obj, torch.nn.Module):
+        cls = type(obj)
+        return obj.state_dict(), f"{cls.__module__}.{cls.__qualname__}"
+    return obj, None
 
 
 def load(

@@ -88,6 +88,11 @@ class LazyFile:
         return dict(self._manifest.metadata)
 
     @property
+    def module_class(self) -> str | None:
+        """For a saved ``nn.Module``: its class's import path (never imported by satchel)."""
+        return self._manifest.module
+
+    @property
     def checksummed(self) -> bool:
         """Whether this file carries per-tensor checksums (satchel files do; plain ones don't)."""
         return self._opened is not None and self._opened.manifest is not None

@@ -55,7 +55,9 @@ class _Store:
     data: np.ndarray[Any, np.dtype[np.uint8]]
 
 
-def plan_save(obj: Any, *, metadata: Mapping[str, str] | None = None) -> Plan:
+def plan_save(
+    obj: Any, *, metadata: Mapping[str, str] | None = None, module: str | None = None
+) -> Plan:
     """Plan how ``obj`` is written.
 
     Raises:
@@ -77,7 +79,7 @@ def plan_save(obj: Any, *, metadata: Mapping[str, str] | None = None) -> Plan:
             )
         else:
             _plan_shared(group, views, names, stores, leaves)
-    return _layout(flat.skeleton, [x for x in leaves if x is not None], stores, meta)
+    return _layout(flat.skeleton, [x for x in leaves if x is not None], stores, meta, module)
 
 
 def _check_metadata(metadata: Mapping[str, str] | None) -> dict[str, str]:
@@ -200,7 +202,13 @@ def _bytes_of(arr: np.ndarray[Any, Any]) -> np.ndarray[Any, np.dtype[np.uint8]]:
     return arr.reshape(-1).view(np.uint8)
 
 
-def _layout(skeleton: Any, leaves: list[Leaf], stores: list[_Store], meta: dict[str, str]) -> Plan:
+def _layout(
+    skeleton: Any,
+    leaves: list[Leaf],
+    stores: list[_Store],
+    meta: dict[str, str],
+    module: str | None,
+) -> Plan:
     # SPEC 2.2: larger item sizes first; every size divides the ones before it and each tensor's
     # byte length is a multiple of its item size, so each start stays aligned with no padding.
     ordered = sorted(stores, key=lambda s: -s.dtype.itemsize)
@@ -212,7 +220,7 @@ def _layout(skeleton: Any, leaves: list[Leaf], stores: list[_Store], meta: dict[
         wire_dt, wire_shape = (s.dtype, s.shape) if s.dtype.wire else (_U8, (s.data.nbytes,))
         entries.append(Entry(s.name, wire_dt, wire_shape, pos, pos + s.data.nbytes))
         pos += s.data.nbytes
-    manifest = encode_manifest(Manifest(skeleton, tuple(leaves), stored, meta))
+    manifest = encode_manifest(Manifest(skeleton, tuple(leaves), stored, meta, module))
     header_meta = {
         **meta,
         MANIFEST_KEY: manifest,

@@ -10,7 +10,11 @@ The tree::
     ├── UsageError (ValueError)                an argument satchel cannot use (say, dtype="int8")
     ├── MissingKeyError (KeyError)             a name that is not in the file
     ├── FrameworkNotAvailableError (ImportError)  the file wants a framework that is not installed
-    └── SatchelFileNotFoundError (FileNotFoundError)  the path does not exist
+    ├── SatchelFileNotFoundError (FileNotFoundError)  the path does not exist
+    │   └── CheckpointNotFoundError             no (valid) checkpoint for that step in the root
+    ├── CheckpointExistsError (FileExistsError)   that step is already saved (overwrite=True)
+    ├── CheckpointLockedError (BlockingIOError)   another process is saving to the same root
+    └── StateMismatchError (ValueError)        load_state(strict=True) found problems (.report)
 
 Every message names the file and the field at fault and says what to do about it.
 """
@@ -18,12 +22,16 @@ Every message names the file and the field at fault and says what to do about it
 from __future__ import annotations
 
 __all__ = [
+    "CheckpointExistsError",
+    "CheckpointLockedError",
+    "CheckpointNotFoundError",
     "FormatError",
     "FrameworkNotAvailableError",
     "IntegrityError",
     "MissingKeyError",
     "SatchelError",
     "SatchelFileNotFoundError",
+    "StateMismatchError",
     "UnsafeContentError",
     "UnsupportedObjectError",
     "UsageError",
@@ -68,3 +76,23 @@ class MissingKeyError(SatchelError, KeyError):
     def __str__(self) -> str:
         # KeyError's own __str__ shows the repr of its argument; a sentence reads better.
         return str(self.args[0]) if self.args else ""
+
+
+class CheckpointNotFoundError(SatchelFileNotFoundError):
+    """No committed, valid checkpoint matches the request; the message says what was skipped."""
+
+
+class CheckpointExistsError(SatchelError, FileExistsError):
+    """The step is already saved; pass ``overwrite=True`` to replace it."""
+
+
+class CheckpointLockedError(SatchelError, BlockingIOError):
+    """Another process holds the root's writer lock (it is saving or deleting right now)."""
+
+
+class StateMismatchError(SatchelError, ValueError):
+    """``load_state(strict=True)`` found problems; ``.report`` (a LoadReport) lists them all."""
+
+    def __init__(self, message: str, report: object) -> None:
+        super().__init__(message)
+        self.report = report

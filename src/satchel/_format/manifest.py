@@ -75,6 +75,7 @@ class Manifest:
     leaves: tuple[Leaf, ...]
     stored: dict[str, Stored]
     metadata: dict[str, str]
+    module: str | None = None  # import path of a saved nn.Module's class: information only
 
 
 def encode_manifest(m: Manifest) -> str:
@@ -105,6 +106,8 @@ def encode_manifest(m: Manifest) -> str:
         "stored": stored,
         "metadata": m.metadata,
     }
+    if m.module is not None:
+        doc["module"] = m.module
     return json.dumps(doc, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
 
 
@@ -116,10 +119,14 @@ def parse_manifest(text: str, *, where: str) -> Manifest:
     """
     doc = json_object(text.encode("utf-8"), where=where, what="satchel manifest")
     required = {"version", "root", "leaves", "stored", "metadata"}
-    if set(doc) != required:
+    if not required <= set(doc) <= required | {"module"}:
         raise FormatError(
-            f"{where}: satchel manifest fields are {sorted(doc)}, expected {sorted(required)}"
+            f"{where}: satchel manifest fields are {sorted(doc)}, expected {sorted(required)} "
+            "and optionally 'module'"
         )
+    module = doc.get("module")
+    if module is not None and not (isinstance(module, str) and 0 < len(module) <= 1000):
+        raise FormatError(f"{where}: manifest field 'module' must be a non-empty string")
     if doc["version"] != FORMAT_VERSION:
         raise FormatError(
             f"{where}: satchel format version {doc['version']!r} is not supported by this "
@@ -135,7 +142,7 @@ def parse_manifest(text: str, *, where: str) -> Manifest:
     stored = {name: _stored(name, rec, where) for name, rec in stored_raw.items()}
     leaves = tuple(_leaf(i, rec, stored, where) for i, rec in enumerate(leaves_raw))
     validate_skeleton(doc["root"], len(leaves), where=f"{where}: manifest field 'root'")
-    return Manifest(doc["root"], leaves, stored, dict(meta))
+    return Manifest(doc["root"], leaves, stored, dict(meta), module)
 
 
 def _stored(name: str, rec: object, where: str) -> Stored:

@@ -1,0 +1,378 @@
+"""CheckpointManager: one folder per step, committed by a record written last (CHECKPOINTS.md).
+
+A root holds ``step_00000100/`` folders. Each is built under a temp name, every file fsynced,
+the commit record ``manifest.json`` written last, the folder renamed into place and the root
+fsynced. A folder is a checkpoint only if its commit record is there; it is *valid* only if
+every file it lists has the recorded size and xxh3-64. Writers take an OS file lock on
+``root/.satchel.lock`` (released by the kernel if the process dies); readers never lock.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import secrets
+import shutil
+import threading
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from . import retention
+from ._commit import CommitRecord, ItemRecord, check_files, read_commit, write_commit
+from ._io.atomic import TMP_MARKER, fsync_dir
+from ._io.writer import write_plan
+from ._lock import WriterLock
+from ._plan import plan_save
+from ._rng import capture_rng, restore_rng
+from ._snapshot import prepare_item, snapshot
+from ._state import LoadReport, load_state
+from .errors import (
+    CheckpointExistsError,
+    CheckpointNotFoundError,
+    SatchelError,
+    UsageError,
+)
+
+__all__ = ["CheckpointInfo", "CheckpointManager", "CheckpointWarning", "RestoreResult"]
+
+_STEP_DIR = re.compile(r"^step_(\d{1,19})$")
+_ITEM_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}$")
+_EXTRA = "extra"
+
+
+class CheckpointWarning(UserWarning):
+    """A checkpoint was skipped on restore because it is corrupt or incomplete."""
+
+
+@dataclass(frozen=True)
+class CheckpointInfo:
+    """One step folder as a reader sees it; ``problem`` is ``None`` for a valid checkpoint."""
+
+    step: int
+    path: Path
+    record: CommitRecord | None
+    problem: str | None
+
+    @property
+    def valid(self) -> bool:
+        return self.problem is None
+
+
+@dataclass(frozen=True)
+class RestoreResult:
+    """What ``restore`` loaded: the step, its extras and metrics, and what was skipped."""
+
+    step: int
+    path: Path
+    extra: Any
+    metrics: Mapping[str, float]
+    items: Mapping[str, Any]
+    reports: Mapping[str, LoadReport] = field(default_factory=dict)
+    skipped: tuple[tuple[int, str], ...] = ()
+
+
+class CheckpointManager:
+    """Periodic, crash-safe training checkpoints with retention and exact resume.
+
+    Example::
+
+        mgr = satchel.CheckpointManager("runs/exp1", keep_last=3)
+        mgr.save(step, model=model, optimizer=opt, scheduler=sched, rng=True,
+                 metrics={"val_loss": v}, extra={"epoch": epoch})
+        restored = mgr.restore(model=model, optimizer=opt, scheduler=sched, rng=True)
+        restored.step, restored.extra
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike[str],
+        *,
+        keep_last: int | None = None,
+        keep_every: int | None = None,
+        keep_best: tuple[str, Literal["min", "max"], int] | None = None,
+    ) -> None:
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        policies: list[retention.Policy] = []
+        if keep_last is not None:
+            policies.append(retention.KeepLast(_positive(keep_last, "keep_last")))
+        if keep_every is not None:
+            policies.append(retention.KeepEvery(_positive(keep_every, "keep_every")))
+        if keep_best is not None:
+            metric, mode, k = keep_best
+            if mode not in ("min", "max"):
+                raise UsageError(f"keep_best mode must be 'min' or 'max', got {mode!r}")
+            policies.append(retention.KeepBest(metric, mode, _positive(k, "keep_best k")))
+        self.policies: tuple[retention.Policy, ...] = tuple(policies)
+        self._lock = WriterLock(self.root)
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+
+    # -- saving --------------------------------------------------------------------------------
+    def save(
+        self,
+        step: int,
+        *,
+        blocking: bool = True,
+        metrics: Mapping[str, float] | None = None,
+        extra: Any = None,
+        overwrite: bool = False,
+        **items: Any,
+    ) -> None:
+        """Save ``items`` (models, optimizers, schedulers, ``rng=True``, arrays...) as ``step``.
+
+        With ``blocking=False`` the state is first copied to host memory (the caller may change
+        its tensors right away) and written by a background thread; at most one save is in
+        flight, and a background error is raised by the next ``save``/``wait``/``close``.
+
+        Raises:
+            CheckpointExistsError: ``step`` exists and ``overwrite`` is false.
+            CheckpointLockedError: another process is saving to this root.
+            UnsupportedObjectError: an item holds something satchel cannot store.
+            OSError: the disk failed; the previous checkpoints are intact.
+        """
+        self.wait()
+        if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+            raise UsageError(f"step must be a non-negative int, got {step!r}")
+        if not items:
+            raise UsageError("save() needs at least one item, e.g. model=model")
+        prepared = {name: self._prepare(name, value) for name, value in items.items()}
+        if extra is not None:
+            prepared[_EXTRA] = extra
+        clean_metrics = _metrics(metrics)
+        if not overwrite and (self.root / _dirname(step)).exists():
+            raise CheckpointExistsError(
+                f"{self.root}: step {step} is already saved; pass overwrite=True to replace it"
+            )
+        if blocking:
+            self._write(step, prepared, clean_metrics, overwrite)
+            return
+        frozen = snapshot(prepared)
+        self._thread = threading.Thread(
+            target=self._background,
+            args=(step, frozen, clean_metrics, overwrite),
+            name=f"satchel-save-{step}",
+            daemon=False,
+        )
+        self._thread.start()
+
+    def wait(self) -> None:
+        """Block until the save in flight (if any) is on disk; raise its error if it failed."""
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        if self._error is not None:
+            err, self._error = self._error, None
+            raise err
+
+    def close(self) -> None:
+        """Finish the save in flight and surface its error."""
+        self.wait()
+
+    def __enter__(self) -> CheckpointManager:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _prepare(self, name: str, value: Any) -> Any:
+        if not _ITEM_NAME.match(name) or name == _EXTRA:
+            raise UsageError(
+                f"item name {name!r} must be letters, digits, '_', '.', '-' and not {_EXTRA!r}"
+            )
+        if name == "rng" and value is True:
+            return capture_rng()
+        return prepare_item(value)
+
+    def _background(
+        self, step: int, items: dict[str, Any], metrics: dict[str, float], overwrite: bool
+    ) -> None:
+        try:
+            self._write(step, items, metrics, overwrite)
+        except BaseException as e:  # surfaced by the next save()/wait()/close()
+            self._error = e
+
+    def _write(
+        self, step: int, items: dict[str, Any], metrics: dict[str, float], overwrite: bool
+    ) -> None:
+        plans = {name: plan_save(value) for name, value in items.items()}
+        with self._lock.hold():
+            self._clean_temps()
+            final = self.root / _dirname(step)
+            if final.exists() and not overwrite:
+                raise CheckpointExistsError(
+                    f"{self.root}: step {step} is already saved; pass overwrite=True"
+                )
+            tmp = self.root / f".{final.name}{TMP_MARKER}{os.getpid()}-{secrets.token_hex(4)}"
+            os.mkdir(tmp)
+            try:
+                records = {}
+                for name, plan in plans.items():
+                    written = write_plan(plan, tmp / f"{name}.satchel")
+                    records[name] = ItemRecord(f"{name}.satchel", written.size, written.xxh3)
+                write_commit(tmp, CommitRecord.new(step, records, metrics))
+                fsync_dir(tmp)
+                if final.exists():
+                    self._discard(final)
+                os.rename(tmp, final)
+            except BaseException:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise
+            fsync_dir(self.root)
+            self._apply_retention(step)
+
+    def _discard(self, folder: Path) -> None:
+        """Delete a step folder: first rename it to a temp name, so no crash leaves half of it."""
+        trash = self.root / f".trash-{folder.name}{TMP_MARKER}{os.getpid()}-{secrets.token_hex(4)}"
+        os.rename(folder, trash)
+        fsync_dir(self.root)
+        shutil.rmtree(trash, ignore_errors=True)
+
+    def _clean_temps(self) -> None:
+        # Called with the writer lock held: no other writer is active, so every temp folder
+        # here was left by a crashed or killed save.
+        for p in self.root.iterdir():
+            if TMP_MARKER in p.name:
+                if p.is_dir() and not p.is_symlink():
+                    shutil.rmtree(p, ignore_errors=True)
+                else:
+                    with contextlib.suppress(FileNotFoundError):
+                        p.unlink()
+
+    def _apply_retention(self, just_saved: int) -> None:
+        infos = [i for i in self.checkpoints(verify=False) if i.record is not None]
+        records = [retention.CheckpointRecord(i.step, i.record.metrics) for i in infos if i.record]
+        kept = retention.decide(self.policies, records)
+        protected = {just_saved}
+        newer = [i.step for i in infos if i.step > just_saved]
+        for step in sorted(newer, reverse=True):
+            if self.check(step) is None:
+                protected.add(step)
+                break
+        for info in infos:
+            if info.step not in kept and info.step not in protected:
+                self._discard(info.path)
+
+    # -- reading (never takes the lock) --------------------------------------------------------
+    def steps(self) -> list[int]:
+        """Steps with a commit record, oldest first (not verified; ``restore`` verifies)."""
+        return [i.step for i in self.checkpoints(verify=False) if i.record is not None]
+
+    def latest(self) -> int | None:
+        """The newest committed step, or ``None``."""
+        steps = self.steps()
+        return steps[-1] if steps else None
+
+    def checkpoints(self, *, verify: bool = True) -> list[CheckpointInfo]:
+        """Every step folder, oldest first, with its commit record and (if verified) problem."""
+        out = []
+        for p in sorted(self.root.iterdir(), key=lambda q: q.name):
+            m = _STEP_DIR.match(p.name)
+            if not m or not p.is_dir() or p.is_symlink():
+                continue
+            step = int(m.group(1))
+            try:
+                record = read_commit(p, expected_step=step)
+            except (SatchelError, OSError) as e:
+                out.append(CheckpointInfo(step, p, None, f"not committed: {e}"))
+                continue
+            problem = check_files(p, record) if verify else None
+            out.append(CheckpointInfo(step, p, record, problem))
+        return sorted(out, key=lambda i: i.step)
+
+    def check(self, step: int) -> str | None:
+        """Why ``step`` is not a valid checkpoint, or ``None`` when it is."""
+        folder = self.root / _dirname(step)
+        try:
+            record = read_commit(folder, expected_step=step)
+        except (SatchelError, OSError) as e:
+            return f"not committed: {e}"
+        return check_files(folder, record)
+
+    def restore(self, step: int | None = None, **targets: Any) -> RestoreResult:
+        """Load a checkpoint into ``targets`` (same names as in ``save``) and return it.
+
+        With no ``step`` the newest checkpoint that is committed *and* verifies is used; newer
+        broken ones are skipped with a :class:`CheckpointWarning` and listed in ``skipped``.
+
+        Raises:
+            CheckpointNotFoundError: no such (valid) checkpoint.
+            StateMismatchError: a model does not fit the saved parameters.
+        """
+        skipped: list[tuple[int, str]] = []
+        if step is not None:
+            problem = self.check(step)
+            if problem is not None:
+                raise CheckpointNotFoundError(f"{self.root}: step {step}: {problem}")
+            chosen = step
+        else:
+            chosen = -1
+            for s in reversed(self.steps()):
+                problem = self.check(s)
+                if problem is None:
+                    chosen = s
+                    break
+                skipped.append((s, problem))
+                warnings.warn(
+                    f"{self.root}: skipping step {s}: {problem}", CheckpointWarning, stacklevel=2
+                )
+            if chosen < 0:
+                detail = "; ".join(f"step {s}: {why}" for s, why in skipped) or "none saved"
+                raise CheckpointNotFoundError(
+                    f"{self.root}: no valid checkpoint to restore ({detail})"
+                )
+        return self._restore_step(chosen, targets, tuple(skipped))
+
+    def _restore_step(
+        self, step: int, targets: dict[str, Any], skipped: tuple[tuple[int, str], ...]
+    ) -> RestoreResult:
+        from ._api import load
+
+        folder = self.root / _dirname(step)
+        record = read_commit(folder, expected_step=step)
+        missing = sorted(set(targets) - set(record.items))
+        if missing:
+            raise CheckpointNotFoundError(
+                f"{folder}: has no item {missing} (items: {sorted(record.items)})"
+            )
+        # check_files already verified every byte against the commit record's digests.
+        items = {name: load(folder / rec.file, verify=False) for name, rec in record.items.items()}
+        reports: dict[str, LoadReport] = {}
+        for name, target in targets.items():
+            value = items[name]
+            if name == "rng" and target is True:
+                restore_rng(value)
+            elif hasattr(target, "named_parameters"):
+                reports[name] = load_state(target, value)
+            elif hasattr(target, "load_state_dict"):
+                target.load_state_dict(value)
+            elif isinstance(target, dict):
+                reports[name] = load_state(target, value)
+            elif target not in (None, False):
+                raise UsageError(f"restore target {name}={type(target).__name__} is not loadable")
+        extra = items.pop(_EXTRA, None)
+        return RestoreResult(step, folder, extra, record.metrics, items, reports, skipped)
+
+
+def _dirname(step: int) -> str:
+    return f"step_{step:08d}"
+
+
+def _positive(n: int, what: str) -> int:
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise UsageError(f"{what} must be a positive int, got {n!r}")
+    return n
+
+
+def _metrics(metrics: Mapping[str, float] | None) -> dict[str, float]:
+    out = {}
+    for k, v in (metrics or {}).items():
+        try:
+            out[str(k)] = float(v)
+        except (TypeError, ValueError) as e:
+            raise UsageError(f"metric {k!r} must be a number, got {v!r}") from e
+    return out
