@@ -5,6 +5,9 @@ Run with `make demo`. Each step prints what it does and what came back.
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -89,6 +92,44 @@ def tour(work: Path) -> None:
     else:
         with safe_open(str(work / "mlp.params"), framework="pt") as f:
             print("safetensors keys:", list(f.keys()))
+
+    step("training checkpoints: kill the run part-way, resume, compare")
+    resume_demo(work)
+
+
+def resume_demo(work: Path) -> None:
+    sys.path.insert(0, str(Path(__file__).parent))
+    import demo_train
+
+    total = 40
+    straight, _ = demo_train.train(work / "straight", total)
+    print(f"uninterrupted run: trained {total} steps")
+
+    root = work / "run"
+    script = Path(__file__).parent / "demo_train.py"
+    child = subprocess.Popen(
+        [sys.executable, str(script), str(root), str(total), "--slow"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert child.stdout is not None
+    last = ""
+    for line in child.stdout:
+        last = line.strip()
+        if last == "committed 15":
+            break
+    child.send_signal(signal.SIGKILL)  # no chance to clean up: as hard as a power cut gets
+    child.wait()
+    print(f"killed the training process with SIGKILL after '{last}'")
+    mgr = satchel.CheckpointManager(root)
+    print(f"checkpoints on disk: {mgr.steps()} (newest valid is restored)")
+
+    resumed, start = demo_train.train(root, total)
+    print(f"resumed from step {start} in a new run and trained to step {total}")
+    a, b = straight.state_dict(), resumed.state_dict()
+    identical = all(torch.equal(a[k], b[k]) for k in a)
+    print(f"resumed parameters bitwise identical to the uninterrupted run: {identical}")
+    assert identical
 
 
 if __name__ == "__main__":
