@@ -3,7 +3,8 @@
 The whole public surface is re-exported here; everything else is private.
 """
 
-from ._api import load, open, save
+from ._api import detect, load, open, save
+from ._foreign import ForeignFile
 from ._lazy import LazyFile, TensorInfo
 from ._manager import CheckpointInfo, CheckpointManager, CheckpointWarning, RestoreResult
 from ._rng import capture_rng, restore_rng
@@ -33,6 +34,7 @@ __all__ = [
     "CheckpointManager",
     "CheckpointNotFoundError",
     "CheckpointWarning",
+    "ForeignFile",
     "FormatError",
     "FrameworkNotAvailableError",
     "IntegrityError",
@@ -50,6 +52,7 @@ __all__ = [
     "UsageError",
     "__version__",
     "capture_rng",
+    "detect",
     "load",
     "load_state",
     "open",

@@ -8,12 +8,18 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from ._foreign import ForeignFile, read_foreign
 from ._io.writer import write_plan
 from ._lazy import FrameworkName, LazyFile
 from ._plan import plan_save
 from .errors import SatchelFileNotFoundError
+from .formats.detect import detect, sniffed
 
-__all__ = ["load", "open", "save"]
+__all__ = ["detect", "load", "open", "save"]
+
+# A path no foreign reader recognises goes to the native reader, whose errors name the exact
+# field that is wrong (a bare "unknown format" would hide that).
+_NATIVE = (None, "satchel", "safetensors")
 
 
 def save(
@@ -84,6 +90,11 @@ def load(
         IntegrityError: a tensor's bytes do not match their checksum (names the tensor).
         FrameworkNotAvailableError: the file holds torch tensors and torch is not installed.
     """
+    fmt = sniffed(path)
+    if fmt not in _NATIVE:
+        return read_foreign(
+            path, fmt, framework=framework, device=device, dtype=dtype, verify=verify
+        )
     with LazyFile(
         path, mmap=mmap, verify=verify, framework=framework, device=device, dtype=dtype
     ) as f:
@@ -98,10 +109,15 @@ def open(
     dtype: Any = None,
     mmap: bool = True,
     verify: bool = True,
-) -> LazyFile:
+) -> LazyFile | ForeignFile:
     """Open ``path`` lazily: the header is validated now, each tensor read when first used.
 
     Checksums are verified on first access of each stored tensor. Closing the file keeps
     arrays already returned valid (they hold the mapping); reading more after close raises.
     """
+    fmt = sniffed(path)
+    if fmt not in _NATIVE:
+        return ForeignFile(
+            path, fmt, framework=framework, device=device, dtype=dtype, verify=verify
+        )
     return LazyFile(path, mmap=mmap, verify=verify, framework=framework, device=device, dtype=dtype)

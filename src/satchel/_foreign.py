@@ -1,0 +1,156 @@
+"""``satchel.open`` for other frameworks' files: the same surface as :class:`LazyFile`.
+
+The structure is parsed once (arrays stay zero-copy views of the mapped file); ``ck[name]``
+turns one array into a NumPy array or torch tensor.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Literal
+
+import numpy as np
+
+from ._lazy import TensorInfo
+from ._tree import MAX_DEPTH, unique_names
+from .errors import FormatError, MissingKeyError, SatchelError
+from .formats import registry
+from .formats._refs import ArrayRef, finalize
+
+__all__ = ["ForeignFile", "read_foreign"]
+
+
+def read_foreign(
+    path: str | os.PathLike[str],
+    fmt: str,
+    *,
+    framework: str,
+    device: Any,
+    dtype: Any,
+    verify: bool,
+) -> Any:
+    """The whole structure of a foreign file, arrays as NumPy (default) or torch."""
+    raw = registry.reader(fmt).read(Path(path), verify=verify)
+    return finalize(raw, framework=_framework(framework), dtype=dtype, device=device)
+
+
+def _framework(framework: str) -> Literal["numpy", "torch"]:
+    # Foreign files record no satchel framework: "auto" means NumPy, the one always installed.
+    return "torch" if framework == "torch" else "numpy"
+
+
+class ForeignFile:
+    """A parsed foreign file: ``keys()``, ``info(name)``, ``ck[name]``, ``load()``."""
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        fmt: str,
+        *,
+        framework: str = "auto",
+        device: Any = None,
+        dtype: Any = None,
+        verify: bool = True,
+    ) -> None:
+        self.format = fmt
+        self._where = str(path)
+        self._raw: Any = registry.reader(fmt).read(Path(path), verify=verify)
+        self._framework = _framework(framework)
+        self._device, self._dtype = device, dtype
+        found = list(_arrays(self._raw, where=self._where))
+        names = unique_names(p for p, _ in found)
+        self._index = {n: a for n, (_, a) in zip(names, found, strict=True)}
+        self._closed = False
+
+    @property
+    def path(self) -> str:
+        return self._where
+
+    @property
+    def metadata(self) -> dict[str, str]:
+        return {"format": self.format}
+
+    @property
+    def module_class(self) -> str | None:
+        return None
+
+    @property
+    def checksummed(self) -> bool:
+        return False
+
+    def keys(self) -> list[str]:
+        return list(self._index)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._index
+
+    def __len__(self) -> int:
+        return len(self._index)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._index)
+
+    def info(self, name: str) -> TensorInfo:
+        a = self._get(name)
+        if isinstance(a, ArrayRef):
+            shape, dt, isz = a.shape, a.dtype.name, a.dtype.itemsize
+        else:
+            shape, dt, isz = tuple(a.shape), str(a.dtype), a.dtype.itemsize
+        return TensorInfo(dt, shape, math.prod(shape) * isz, self.format)
+
+    def __getitem__(self, name: str) -> Any:
+        return finalize(
+            self._get(name), framework=self._framework, dtype=self._dtype, device=self._device
+        )
+
+    def load(self) -> Any:
+        return finalize(
+            self._raw, framework=self._framework, dtype=self._dtype, device=self._device
+        )
+
+    def close(self) -> None:
+        self._closed = True
+
+    def __enter__(self) -> ForeignFile:
+        return self
+
+    def __exit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<satchel.ForeignFile {self.format} {self._where!r} {len(self._index)} arrays>"
+
+    def _get(self, name: str) -> Any:
+        if self._closed:
+            raise SatchelError(f"{self._where}: file is closed; open it again to read more")
+        if name not in self._index:
+            near = ", ".join(list(self._index)[:5])
+            raise MissingKeyError(f"{self._where}: no array named {name!r} (keys start: {near})")
+        return self._index[name]
+
+
+def _arrays(obj: Any, *, where: str) -> Iterator[tuple[str, Any]]:
+    """(dotted path, array) for every array, each container visited once."""
+    seen: set[int] = set()
+    stack: list[tuple[Any, tuple[str, ...]]] = [(obj, ())]
+    out: list[tuple[str, Any]] = []
+    while stack:
+        x, path = stack.pop()
+        if len(path) > MAX_DEPTH:
+            raise FormatError(f"{where}: structure nested deeper than {MAX_DEPTH} levels")
+        if isinstance(x, (ArrayRef, np.ndarray)):
+            out.append((".".join(path), x))
+            continue
+        if isinstance(x, (dict, list, tuple)):
+            if id(x) in seen:
+                continue
+            seen.add(id(x))
+            items = x.items() if isinstance(x, dict) else enumerate(x)
+            stack.extend(reversed([(v, (*path, str(k))) for k, v in items]))
+    return iter(out)

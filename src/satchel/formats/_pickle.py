@@ -1,0 +1,538 @@
+"""satchel's own pickle *interpreter*: it never imports, never calls anything from the file.
+
+Foreign checkpoints (PyTorch, MXNet trainer states, OneFlow) are pickles. ``pickle.load`` would
+import and call whatever the stream names; this interpreter instead resolves every global
+through an explicit allowlist of inert stand-ins written in satchel (``Global`` objects), and
+refuses any opcode that could reach code (INST, OBJ, EXT*, buffers). Modelled on
+``torch/_weights_only_unpickler.py`` (shared/specs/formats.md §1.2), with the protocol 4-5
+opcodes that only build data added.
+
+Every length read from the stream is checked against the bytes that remain before anything is
+allocated, the memo is a dict (a huge index costs nothing), and the number of operations and
+container items is capped, so a tiny hostile stream cannot exhaust memory or time.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..errors import FormatError, UnsafeContentError
+
+__all__ = ["MAX_OPS", "Global", "Unpickled", "unpickle"]
+
+MAX_OPS = 50_000_000  # far above any real checkpoint's pickle; bounds a hostile loop of DUPs
+MAX_ITEMS = 50_000_000
+
+# Opcodes that can only run code or depend on out-of-band machinery: refused outright.
+_REFUSED = {
+    b"i": "INST",
+    b"o": "OBJ",
+    b"\x82": "EXT1",
+    b"\x83": "EXT2",
+    b"\x84": "EXT4",
+    b"\x97": "NEXT_BUFFER",
+    b"\x98": "READONLY_BUFFER",
+}
+
+
+@dataclass(frozen=True)
+class Global:
+    """An allowlisted global: what REDUCE, NEWOBJ and BUILD may do with it.
+
+    ``call(*args)`` serves REDUCE, ``new(*args)`` NEWOBJ (defaults to ``call``); both are
+    satchel functions that build data. A Global that is only a value (a dtype tag, a class
+    used as an argument) leaves them ``None``.
+    """
+
+    name: str
+    call: Callable[..., Any] | None = None
+    new: Callable[..., Any] | None = None
+    value: Any = None
+
+
+class Buildable:
+    """Base for stand-in objects that accept BUILD state (checked by the stand-in itself)."""
+
+    def build(self, state: Any, *, where: str) -> None:
+        raise UnsafeContentError(f"{where}: BUILD on {type(self).__name__} is not allowed")
+
+
+@dataclass
+class Unpickled:
+    """The result and what the stream referred to, for callers that need it (tests, inspect)."""
+
+    value: Any
+    globals_used: list[str] = field(default_factory=list)
+    end: int = 0
+
+
+class _Mark:
+    __slots__ = ()
+
+
+_MARK = _Mark()
+
+
+def unpickle(
+    data: bytes | memoryview,
+    *,
+    where: str,
+    allowed: Mapping[tuple[str, str], Global],
+    persistent_load: Callable[[Any], Any] | None = None,
+    start: int = 0,
+) -> Unpickled:
+    """Interpret one pickle from ``data[start:]`` using only ``allowed`` globals.
+
+    Raises:
+        UnsafeContentError: a global outside the allowlist, a refused opcode, or a call the
+            stand-in refuses; names the global or opcode.
+        FormatError: the stream is malformed or truncated; names the byte offset.
+    """
+    return _Machine(memoryview(data), where, allowed, persistent_load, start).run()
+
+
+class _Machine:
+    def __init__(
+        self,
+        data: memoryview,
+        where: str,
+        allowed: Mapping[tuple[str, str], Global],
+        persistent_load: Callable[[Any], Any] | None,
+        start: int,
+    ) -> None:
+        self.data = data
+        self.where = where
+        self.allowed = allowed
+        self.persistent_load = persistent_load
+        self.pos = start
+        self.stack: list[Any] = []
+        self.marks: list[int] = []
+        self.memo: dict[int, Any] = {}
+        self.items = 0
+        self.used: list[str] = []
+
+    # -- reading primitives -------------------------------------------------------------------
+    def fail(self, what: str) -> FormatError:
+        return FormatError(f"{self.where}: pickle byte {self.pos}: {what}; the file is corrupt")
+
+    def take(self, n: int) -> memoryview:
+        if n < 0 or self.pos + n > len(self.data):
+            raise self.fail(f"needs {n} bytes but only {len(self.data) - self.pos} remain")
+        out = self.data[self.pos : self.pos + n]
+        self.pos += n
+        return out
+
+    def u(self, fmt: str) -> int:
+        size = struct.calcsize(fmt)
+        (v,) = struct.unpack(fmt, self.take(size))
+        return int(v)
+
+    def line(self) -> bytes:
+        end = bytes(self.data[self.pos : self.pos + 65536]).find(b"\n")
+        if end < 0:
+            raise self.fail("text argument has no newline within 64 KiB")
+        out = bytes(self.data[self.pos : self.pos + end])
+        self.pos += end + 1
+        return out
+
+    def pop(self) -> Any:
+        if not self.stack or (self.marks and len(self.stack) <= self.marks[-1]):
+            raise self.fail("stack underflow")
+        return self.stack.pop()
+
+    def pop_mark(self) -> list[Any]:
+        if not self.marks:
+            raise self.fail("no MARK to pop to")
+        k = self.marks.pop()
+        items = self.stack[k:]
+        del self.stack[k:]
+        return items
+
+    def top(self) -> Any:
+        if not self.stack or (self.marks and len(self.stack) <= self.marks[-1]):
+            raise self.fail("stack underflow")
+        return self.stack[-1]
+
+    def count(self, n: int) -> None:
+        self.items += n
+        if self.items > MAX_ITEMS:
+            raise self.fail(f"more than {MAX_ITEMS} container items")
+
+    # -- the interpreter loop -----------------------------------------------------------------
+    def run(self) -> Unpickled:
+        ops = 0
+        while True:
+            ops += 1
+            if ops > MAX_OPS:
+                raise self.fail(f"more than {MAX_OPS} operations")
+            if self.pos >= len(self.data):
+                raise self.fail("stream ends before STOP")
+            op = bytes(self.data[self.pos : self.pos + 1])
+            self.pos += 1
+            if op == b".":  # STOP
+                if len(self.stack) != 1 or self.marks:
+                    raise self.fail("STOP with an unbalanced stack")
+                return Unpickled(self.stack[0], self.used, self.pos)
+            handler = _HANDLERS.get(op)
+            if handler is None:
+                if op in _REFUSED:
+                    raise UnsafeContentError(
+                        f"{self.where}: pickle opcode {_REFUSED[op]} at byte {self.pos - 1} is "
+                        "refused: it can run code. satchel loads data only"
+                    )
+                raise self.fail(f"unknown opcode {op!r}")
+            handler(self)
+
+    # -- globals and calls --------------------------------------------------------------------
+    def resolve(self, module: str, name: str) -> Global:
+        module = _PY2_MODULES.get(module, module)
+        full = f"{module}.{name}"
+        g = self.allowed.get((module, name))
+        if g is None:
+            raise UnsafeContentError(
+                f"{self.where}: refused global {full!r}: satchel only rebuilds tensors and "
+                "plain containers, never imports or calls anything a file names"
+            )
+        self.used.append(full)
+        return g
+
+    def op_global(self) -> None:
+        module = self.line().decode("utf-8", "replace")
+        name = self.line().decode("utf-8", "replace")
+        self.stack.append(self.resolve(module, name))
+
+    def op_stack_global(self) -> None:
+        name, module = self.pop(), self.pop()
+        if not isinstance(module, str) or not isinstance(name, str):
+            raise self.fail("STACK_GLOBAL needs two strings")
+        self.stack.append(self.resolve(module, name))
+
+    def op_reduce(self) -> None:
+        args, func = self.pop(), self.pop()
+        if not isinstance(func, Global) or func.call is None:
+            raise UnsafeContentError(
+                f"{self.where}: REDUCE at byte {self.pos - 1} calls {_describe(func)}, which is "
+                "not an allowed callable"
+            )
+        if not isinstance(args, tuple):
+            raise self.fail("REDUCE arguments are not a tuple")
+        self.stack.append(self.call(func, func.call, args))
+
+    def op_newobj(self) -> None:
+        args, cls = self.pop(), self.pop()
+        self.newobj(cls, args, {})
+
+    def op_newobj_ex(self) -> None:
+        kwargs, args, cls = self.pop(), self.pop(), self.pop()
+        if not isinstance(kwargs, dict):
+            raise self.fail("NEWOBJ_EX keyword arguments are not a dict")
+        self.newobj(cls, args, kwargs)
+
+    def newobj(self, cls: Any, args: Any, kwargs: dict[str, Any]) -> None:
+        maker = None
+        if isinstance(cls, Global):
+            maker = cls.new or cls.call
+        if maker is None:
+            raise UnsafeContentError(
+                f"{self.where}: NEWOBJ at byte {self.pos - 1} creates {_describe(cls)}, which is "
+                "not an allowed class"
+            )
+        if not isinstance(args, tuple):
+            raise self.fail("NEWOBJ arguments are not a tuple")
+        assert isinstance(cls, Global)
+        self.stack.append(self.call(cls, maker, args, kwargs))
+
+    def call(
+        self, g: Global, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: Any = None
+    ) -> Any:
+        try:
+            return fn(*args, **(kwargs or {}), where=self.where)
+        except (FormatError, UnsafeContentError):
+            raise
+        except (TypeError, ValueError, KeyError, IndexError, OverflowError) as e:
+            raise self.fail(f"{g.name}{_short(args)} is malformed ({e})") from e
+
+    def op_build(self) -> None:
+        state = self.pop()
+        obj = self.top()
+        if isinstance(obj, Buildable):
+            obj.build(state, where=self.where)
+        elif (
+            isinstance(obj, OrderedDict) and isinstance(state, dict) and set(state) <= {"_metadata"}
+        ):
+            # torch state dicts carry their module versions here (read by load_state_dict).
+            obj._metadata = state.get("_metadata")  # type: ignore[attr-defined]
+        elif isinstance(obj, dict) and isinstance(state, dict) and not state:
+            pass
+        else:
+            raise UnsafeContentError(
+                f"{self.where}: BUILD at byte {self.pos - 1} on {_describe(obj)} is refused "
+                "(only tensors and known data objects accept state)"
+            )
+
+    def op_persid(self, pid: Any) -> None:
+        if self.persistent_load is None:
+            raise UnsafeContentError(f"{self.where}: persistent id {_short(pid)} not allowed here")
+        self.stack.append(self.persistent_load(pid))
+
+    # -- memo -------------------------------------------------------------------------------------
+    def put(self, index: int) -> None:
+        self.memo[index] = self.top()
+
+    def get(self, index: int) -> None:
+        if index not in self.memo:
+            raise self.fail(f"memo index {index} was never stored")
+        self.stack.append(self.memo[index])
+
+
+def _describe(x: Any) -> str:
+    if isinstance(x, Global):
+        return repr(x.name)
+    return f"a {type(x).__name__}"
+
+
+def _short(x: Any) -> str:
+    text = repr(x)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+# Python 2 module names that protocol-0/2 pickles from old releases use (torch's NAME_MAPPING).
+_PY2_MODULES = {"__builtin__": "builtins", "copy_reg": "copyreg"}
+
+
+def _text_int(m: _Machine, raw: bytes) -> int:
+    try:
+        return int(raw.rstrip(b"L"), 10)
+    except ValueError as e:
+        raise m.fail(f"bad integer literal {raw[:20]!r}") from e
+
+
+def _op_int(m: _Machine) -> None:
+    raw = m.line()
+    if raw == b"00":
+        m.stack.append(False)
+    elif raw == b"01":
+        m.stack.append(True)
+    else:
+        m.stack.append(_text_int(m, raw))
+
+
+def _op_float(m: _Machine) -> None:
+    raw = m.line()
+    try:
+        m.stack.append(float(raw))
+    except ValueError as e:
+        raise m.fail(f"bad float literal {raw[:20]!r}") from e
+
+
+def _op_string(m: _Machine) -> None:
+    raw = m.line()
+    if len(raw) < 2 or raw[0] != raw[-1] or raw[:1] not in (b"'", b'"'):
+        raise m.fail("STRING argument is not quoted")
+    try:
+        m.stack.append(raw[1:-1].decode("unicode_escape").encode("latin1").decode("latin1"))
+    except (UnicodeDecodeError, UnicodeEncodeError) as e:
+        raise m.fail("bad STRING escape") from e
+
+
+def _op_unicode(m: _Machine) -> None:
+    try:
+        m.stack.append(m.line().decode("raw_unicode_escape"))
+    except UnicodeDecodeError as e:
+        raise m.fail("bad UNICODE text") from e
+
+
+def _utf8(m: _Machine, n: int) -> None:
+    try:
+        m.stack.append(bytes(m.take(n)).decode("utf-8", "surrogatepass"))
+    except UnicodeDecodeError as e:
+        raise m.fail("string is not valid UTF-8") from e
+
+
+def _binstring(m: _Machine, n: int) -> None:
+    # Python 2 ``str``: torch's weights_only unpickler decodes these as text too.
+    m.stack.append(bytes(m.take(n)).decode("latin1"))
+
+
+def _long(m: _Machine, n: int) -> None:
+    if n > 1 << 16:
+        raise m.fail(f"LONG of {n} bytes is beyond any real value")
+    m.stack.append(int.from_bytes(m.take(n), "little", signed=True))
+
+
+def _set_items(m: _Machine) -> None:
+    items = m.pop_mark()
+    target = m.top()
+    if not isinstance(target, dict) or len(items) % 2:
+        raise UnsafeContentError(
+            f"{m.where}: SETITEMS at byte {m.pos - 1} on {_describe(target)} is refused"
+        )
+    m.count(len(items) // 2)
+    for k, v in zip(items[::2], items[1::2], strict=True):
+        _set(m, target, k, v)
+
+
+def _set_item(m: _Machine) -> None:
+    v, k = m.pop(), m.pop()
+    target = m.top()
+    if not isinstance(target, dict):
+        raise UnsafeContentError(
+            f"{m.where}: SETITEM at byte {m.pos - 1} on {_describe(target)} is refused"
+        )
+    m.count(1)
+    _set(m, target, k, v)
+
+
+def _set(m: _Machine, target: dict[Any, Any], k: Any, v: Any) -> None:
+    try:
+        target[k] = v
+    except TypeError as e:  # unhashable key
+        raise m.fail(f"dict key {_describe(k)} is not hashable") from e
+
+
+def _append(m: _Machine) -> None:
+    v = m.pop()
+    target = m.top()
+    if not isinstance(target, list):
+        raise UnsafeContentError(
+            f"{m.where}: APPEND at byte {m.pos - 1} on {_describe(target)} is refused"
+        )
+    m.count(1)
+    target.append(v)
+
+
+def _appends(m: _Machine) -> None:
+    items = m.pop_mark()
+    target = m.top()
+    if not isinstance(target, list):
+        raise UnsafeContentError(
+            f"{m.where}: APPENDS at byte {m.pos - 1} on {_describe(target)} is refused"
+        )
+    m.count(len(items))
+    target.extend(items)
+
+
+def _add_items(m: _Machine) -> None:
+    items = m.pop_mark()
+    target = m.top()
+    if not isinstance(target, set):
+        raise UnsafeContentError(f"{m.where}: ADDITEMS on {_describe(target)} is refused")
+    m.count(len(items))
+    try:
+        target.update(items)
+    except TypeError as e:
+        raise m.fail("set item is not hashable") from e
+
+
+def _dict_from_mark(m: _Machine) -> None:
+    items = m.pop_mark()
+    if len(items) % 2:
+        raise m.fail("DICT with an odd number of items")
+    m.count(len(items) // 2)
+    d: dict[Any, Any] = {}
+    for k, v in zip(items[::2], items[1::2], strict=True):
+        _set(m, d, k, v)
+    m.stack.append(d)
+
+
+def _frozenset(m: _Machine) -> None:
+    items = m.pop_mark()
+    try:
+        m.stack.append(frozenset(items))
+    except TypeError as e:
+        raise m.fail("frozenset item is not hashable") from e
+
+
+def _tuple_n(n: int) -> Callable[[_Machine], None]:
+    def op(m: _Machine) -> None:
+        items = [m.pop() for _ in range(n)][::-1]
+        m.stack.append(tuple(items))
+
+    return op
+
+
+def _memoize(m: _Machine) -> None:
+    m.put(len(m.memo))
+
+
+def _pop(m: _Machine) -> None:
+    if m.marks and len(m.stack) == m.marks[-1]:
+        m.marks.pop()  # POP of a bare MARK, as CPython allows
+    else:
+        m.pop()
+
+
+def _persid_text(m: _Machine) -> None:
+    try:
+        pid = m.line().decode("ascii")
+    except UnicodeDecodeError as e:
+        raise m.fail("PERSID is not ASCII") from e
+    m.op_persid(pid)
+
+
+_HANDLERS: dict[bytes, Callable[[_Machine], object]] = {
+    b"\x80": lambda m: m.take(1),  # PROTO: any protocol's data opcodes are handled below
+    b"\x95": lambda m: m.take(8),  # FRAME: framing is a read-ahead hint only
+    b"N": lambda m: m.stack.append(None),
+    b"\x88": lambda m: m.stack.append(True),
+    b"\x89": lambda m: m.stack.append(False),
+    b"I": _op_int,
+    b"J": lambda m: m.stack.append(m.u("<i")),
+    b"K": lambda m: m.stack.append(m.u("<B")),
+    b"M": lambda m: m.stack.append(m.u("<H")),
+    b"L": lambda m: m.stack.append(_text_int(m, m.line())),
+    b"\x8a": lambda m: _long(m, m.u("<B")),
+    b"\x8b": lambda m: _long(m, m.u("<i")),
+    b"F": _op_float,
+    b"G": lambda m: m.stack.append(struct.unpack(">d", m.take(8))[0]),
+    b"S": _op_string,
+    b"T": lambda m: _binstring(m, m.u("<i")),
+    b"U": lambda m: _binstring(m, m.u("<B")),
+    b"V": _op_unicode,
+    b"X": lambda m: _utf8(m, m.u("<I")),
+    b"\x8c": lambda m: _utf8(m, m.u("<B")),
+    b"\x8d": lambda m: _utf8(m, m.u("<Q")),
+    b"B": lambda m: m.stack.append(bytes(m.take(m.u("<I")))),
+    b"C": lambda m: m.stack.append(bytes(m.take(m.u("<B")))),
+    b"\x8e": lambda m: m.stack.append(bytes(m.take(m.u("<Q")))),
+    b"\x96": lambda m: m.stack.append(bytearray(m.take(m.u("<Q")))),
+    b"(": lambda m: m.marks.append(len(m.stack)),
+    b")": lambda m: m.stack.append(()),
+    b"]": lambda m: m.stack.append([]),
+    b"}": lambda m: m.stack.append({}),
+    b"\x8f": lambda m: m.stack.append(set()),
+    b"t": lambda m: m.stack.append(tuple(m.pop_mark())),
+    b"\x85": _tuple_n(1),
+    b"\x86": _tuple_n(2),
+    b"\x87": _tuple_n(3),
+    b"l": lambda m: m.stack.append(m.pop_mark()),
+    b"d": _dict_from_mark,
+    b"\x91": _frozenset,
+    b"a": _append,
+    b"e": _appends,
+    b"s": _set_item,
+    b"u": _set_items,
+    b"\x90": _add_items,
+    b"0": _pop,
+    b"1": lambda m: m.pop_mark(),
+    b"2": lambda m: m.stack.append(m.top()),
+    b"p": lambda m: m.put(_text_int(m, m.line())),
+    b"q": lambda m: m.put(m.u("<B")),
+    b"r": lambda m: m.put(m.u("<I")),
+    b"\x94": _memoize,
+    b"g": lambda m: m.get(_text_int(m, m.line())),
+    b"h": lambda m: m.get(m.u("<B")),
+    b"j": lambda m: m.get(m.u("<I")),
+    b"c": _Machine.op_global,
+    b"\x93": _Machine.op_stack_global,
+    b"R": _Machine.op_reduce,
+    b"\x81": _Machine.op_newobj,
+    b"\x92": _Machine.op_newobj_ex,
+    b"b": _Machine.op_build,
+    b"P": _persid_text,
+    b"Q": lambda m: m.op_persid(m.pop()),
+}
