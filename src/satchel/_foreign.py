@@ -19,7 +19,7 @@ from ._lazy import TensorInfo
 from ._tree import MAX_DEPTH, unique_names
 from .errors import FormatError, MissingKeyError, SatchelError
 from .formats import registry
-from .formats._refs import ArrayRef, finalize
+from .formats._refs import ArrayRef, Deferred, finalize
 
 __all__ = ["ForeignFile", "read_foreign"]
 
@@ -144,6 +144,8 @@ def _arrays(obj: Any, *, where: str) -> Iterator[tuple[str, Any]]:
         x, path = stack.pop()
         if len(path) > MAX_DEPTH:
             raise FormatError(f"{where}: structure nested deeper than {MAX_DEPTH} levels")
+        if isinstance(x, Deferred):
+            x = x.resolve()
         if isinstance(x, (ArrayRef, np.ndarray)):
             out.append((".".join(path), x))
             continue

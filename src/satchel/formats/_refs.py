@@ -20,7 +20,7 @@ from .. import dtypes
 from ..adapters import numpy as np_adapter
 from ..errors import FormatError
 
-__all__ = ["ArrayRef", "Storage", "c_strides", "finalize", "make_ref"]
+__all__ = ["ArrayRef", "Deferred", "Storage", "c_strides", "finalize", "make_ref"]
 
 U8Array = np.ndarray[Any, np.dtype[np.uint8]]
 
@@ -64,6 +64,17 @@ class ArrayRef:
     offset: int
     kind: Literal["tensor", "parameter"] = "tensor"
     requires_grad: bool = False
+
+
+class Deferred:
+    """A stand-in built while a pickle is interpreted, that becomes an array afterwards.
+
+    Pickles create an object first and give it its state later (NEWOBJ, then BUILD), while
+    containers already hold it; ``finalize`` asks each one for its array at the end.
+    """
+
+    def resolve(self) -> ArrayRef | np.ndarray[Any, Any]:
+        raise NotImplementedError
 
 
 def c_strides(shape: tuple[int, ...]) -> tuple[int, ...]:
@@ -164,7 +175,9 @@ def finalize(
         if key in memo:
             return memo[key]
         out: Any
-        if isinstance(x, ArrayRef):
+        if isinstance(x, Deferred):
+            out = walk(x.resolve())
+        elif isinstance(x, ArrayRef):
             out = leaf(x)
         elif isinstance(x, np.ndarray) and framework == "torch":
             out = walk(_ref_of_ndarray(x))

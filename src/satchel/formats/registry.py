@@ -9,13 +9,14 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from . import native, tar, torch
+from . import native, oneflow, tar, torch
 
 __all__ = ["READERS", "reader"]
 
 READERS: list[tuple[str, ModuleType]] = [
     ("safetensors", native),
     ("torch", torch),
+    ("oneflow", oneflow),
     ("torch-tar", tar),
 ]
 
