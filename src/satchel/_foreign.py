@@ -16,8 +16,8 @@ from typing import Any, Literal
 import numpy as np
 
 from ._lazy import TensorInfo
-from ._tree import MAX_DEPTH, unique_names
-from .errors import FormatError, MissingKeyError, SatchelError
+from ._tree import iter_leaves, unique_names
+from .errors import MissingKeyError, SatchelError
 from .formats import registry
 from .formats._refs import ArrayRef, Deferred, finalize
 
@@ -61,7 +61,14 @@ class ForeignFile:
         self._raw: Any = registry.reader(fmt).read(Path(path), verify=verify)
         self._framework = _framework(framework)
         self._device, self._dtype = device, dtype
-        found = list(_arrays(self._raw, where=self._where))
+        found = [
+            (".".join(p), a)
+            for p, a in (
+                (p, x.resolve() if isinstance(x, Deferred) else x)
+                for p, x in iter_leaves(self._raw, where=self._where)
+            )
+            if isinstance(a, (ArrayRef, np.ndarray))
+        ]
         names = unique_names(p for p, _ in found)
         self._index = {n: a for n, (_, a) in zip(names, found, strict=True)}
         self._closed = False
@@ -133,26 +140,3 @@ class ForeignFile:
             near = ", ".join(list(self._index)[:5])
             raise MissingKeyError(f"{self._where}: no array named {name!r} (keys start: {near})")
         return self._index[name]
-
-
-def _arrays(obj: Any, *, where: str) -> Iterator[tuple[str, Any]]:
-    """(dotted path, array) for every array, each container visited once."""
-    seen: set[int] = set()
-    stack: list[tuple[Any, tuple[str, ...]]] = [(obj, ())]
-    out: list[tuple[str, Any]] = []
-    while stack:
-        x, path = stack.pop()
-        if len(path) > MAX_DEPTH:
-            raise FormatError(f"{where}: structure nested deeper than {MAX_DEPTH} levels")
-        if isinstance(x, Deferred):
-            x = x.resolve()
-        if isinstance(x, (ArrayRef, np.ndarray)):
-            out.append((".".join(path), x))
-            continue
-        if isinstance(x, (dict, list, tuple)):
-            if id(x) in seen:
-                continue
-            seen.add(id(x))
-            items = x.items() if isinstance(x, dict) else enumerate(x)
-            stack.extend(reversed([(v, (*path, str(k))) for k, v in items]))
-    return iter(out)

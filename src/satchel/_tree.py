@@ -26,6 +26,7 @@ __all__ = [
     "MAX_DEPTH",
     "Flat",
     "flatten",
+    "iter_leaves",
     "leaf_paths",
     "unflatten",
     "unique_names",
@@ -207,6 +208,30 @@ def unique_names(paths: Iterable[str], *, reserved: frozenset[str] = frozenset()
             name, k = f"{stem}#{k}", k + 1
         taken.add(name)
         out.append(name)
+    return out
+
+
+def iter_leaves(obj: Any, *, where: str) -> list[tuple[tuple[str, ...], Any]]:
+    """Every non-container value with its key path, in order; each container visited once.
+
+    Containers are dict, list and tuple. A container met again (shared, or a pickle's memo
+    trick) is not walked twice, so the cost is linear in the structure's real size.
+    """
+    seen: set[int] = set()
+    out: list[tuple[tuple[str, ...], Any]] = []
+    stack: list[tuple[Any, tuple[str, ...]]] = [(obj, ())]
+    while stack:
+        x, path = stack.pop()
+        if len(path) > MAX_DEPTH:
+            raise FormatError(f"{where}: structure nested deeper than {MAX_DEPTH} levels")
+        if isinstance(x, (dict, list, tuple)):
+            if id(x) in seen:
+                continue
+            seen.add(id(x))
+            items = x.items() if isinstance(x, dict) else enumerate(x)
+            stack.extend(reversed([(v, (*path, str(k))) for k, v in items]))
+        else:
+            out.append((path, x))
     return out
 
 

@@ -207,9 +207,7 @@ def sniff(pr: Any) -> bool:
 
 def sniff_dir(pr: Any) -> bool:
     p: Path = pr.path
-    if (p / "pickled_data").is_file() or (p / "snapshot_done").is_file():
-        return True
-    return False
+    return (p / "pickled_data").is_file() or (p / "snapshot_done").is_file()
 
 
 def read(path: Path, *, verify: bool = True) -> Any:
