@@ -227,7 +227,9 @@ class LazyFile:
 
                 self._bases[key] = torch_adapter.from_numpy_bytes(raw)
             else:
-                self._bases[key] = raw
+                # A fresh array over the bytes (not a slice of the whole-file array), so each
+                # stored tensor is its own allocation when the result is saved again.
+                self._bases[key] = np.frombuffer(raw.data, dtype=np.uint8) if raw.nbytes else raw
         return self._bases[key]
 
 

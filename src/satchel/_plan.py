@@ -53,6 +53,7 @@ class _Store:
     dtype: dtypes.DType
     shape: tuple[int, ...]
     data: np.ndarray[Any, np.dtype[np.uint8]]
+    align: int  # the largest item size of the leaves viewing it
 
 
 def plan_save(
@@ -73,7 +74,9 @@ def plan_save(
         if len(group) == 1:
             i = group[0]
             v = views[i]
-            stores.append(_Store(names[i], v.dtype, v.shape, _bytes_of(v.values())))
+            stores.append(
+                _Store(names[i], v.dtype, v.shape, _bytes_of(v.values()), v.dtype.itemsize)
+            )
             leaves[i] = Leaf(
                 v.framework, v.kind, v.dtype, v.shape, names[i], 0, None, v.requires_grad
             )
@@ -101,7 +104,12 @@ def _groups(views: list[ArrayView]) -> list[list[int]]:
     by_key: dict[object, list[int]] = {}
     order: list[list[int]] = []
     for i, v in enumerate(views):
-        if v.memory is None or math.prod(v.shape) == 0 or v.kind == "bytes":
+        if (
+            v.memory is None
+            or math.prod(v.shape) == 0
+            or v.kind == "bytes"
+            or v.memory.offset % v.dtype.itemsize
+        ):
             order.append([i])
             continue
         if v.memory.key not in by_key:
@@ -128,6 +136,7 @@ def _plan_shared(
 ) -> None:
     """Store the byte span covering every view of one allocation once (SPEC 3.6)."""
     extents = [_extent(views[i]) for i in group]
+    align = max(views[i].dtype.itemsize for i in group)
     start = min(lo for lo, _ in extents)
     end = max(hi for _, hi in extents)
     # A leaf that is C-contiguous and covers the span exactly becomes the stored tensor itself,
@@ -136,7 +145,9 @@ def _plan_shared(
         (
             i
             for i, (lo, hi) in zip(group, extents, strict=True)
-            if (lo, hi) == (start, end) and _c_contiguous(views[i])
+            if (lo, hi) == (start, end)
+            and _c_contiguous(views[i])
+            and views[i].dtype.itemsize == align
         ),
         None,
     )
@@ -146,17 +157,17 @@ def _plan_shared(
     if owner is not None:
         v = views[owner]
         base_name = names[owner]
-        store = _Store(base_name, v.dtype, v.shape, whole[start:end])
+        store = _Store(base_name, v.dtype, v.shape, whole[start:end], align)
     else:
-        # Round the span start down so every view's byte offset stays a multiple of its item
-        # size (all item sizes divide 16); the allocation itself starts aligned.
-        start -= start % 16
+        # Round the span start down to the largest item size: every member's offset is a
+        # multiple of its own (power-of-two) item size, so offsets into the span stay aligned.
+        start -= start % align
         base_name = _span_name(names[group[0]], names)
         same = {views[i].dtype for i in group}
         dt = same.pop() if len(same) == 1 else _U8
         if (end - start) % dt.itemsize:
             dt = _U8
-        store = _Store(base_name, dt, ((end - start) // dt.itemsize,), whole[start:end])
+        store = _Store(base_name, dt, ((end - start) // dt.itemsize,), whole[start:end], align)
     stores.append(store)
     for i in group:
         v = views[i]
@@ -198,6 +209,16 @@ def _c_contiguous(v: ArrayView) -> bool:
     return True
 
 
+def _padded(s: _Store) -> _Store:
+    """A span of mixed-dtype views whose length is not a multiple of its alignment gets zero
+    padding (one copy of that span only), so the tensors after it stay aligned (SPEC 2.2)."""
+    if s.data.nbytes % s.align == 0:
+        return s
+    data = np.zeros(s.data.nbytes + (-s.data.nbytes % s.align), dtype=np.uint8)
+    data[: s.data.nbytes] = s.data
+    return _Store(s.name, _U8, (data.nbytes,), data, s.align)
+
+
 def _bytes_of(arr: np.ndarray[Any, Any]) -> np.ndarray[Any, np.dtype[np.uint8]]:
     return arr.reshape(-1).view(np.uint8)
 
@@ -211,7 +232,7 @@ def _layout(
 ) -> Plan:
     # SPEC 2.2: larger item sizes first; every size divides the ones before it and each tensor's
     # byte length is a multiple of its item size, so each start stays aligned with no padding.
-    ordered = sorted(stores, key=lambda s: -s.dtype.itemsize)
+    ordered = sorted((_padded(s) for s in stores), key=lambda s: -s.align)
     stored: dict[str, Stored] = {}
     entries: list[Entry] = []
     pos = 0

@@ -64,12 +64,6 @@ def flatten(obj: Any, *, is_leaf: Callable[[Any], bool]) -> Flat:
             raise UnsupportedObjectError(
                 f"structure is nested deeper than {MAX_DEPTH} levels at {_dotted(path)!r}"
             )
-        if x is None or isinstance(x, (bool, str)):
-            return x
-        if isinstance(x, int):
-            return int(x)
-        if isinstance(x, float):
-            return float(x) if math.isfinite(x) else {"$float": repr(float(x))}
         if is_leaf(x):
             key = id(x)
             if key not in index:
@@ -77,6 +71,12 @@ def flatten(obj: Any, *, is_leaf: Callable[[Any], bool]) -> Flat:
                 leaves.append(x)
                 names.append(_dotted(path))
             return {"$t": index[key]}
+        if x is None or isinstance(x, (bool, str)):
+            return str(x) if isinstance(x, str) else x
+        if isinstance(x, int):
+            return int(x)
+        if isinstance(x, float):
+            return float(x) if math.isfinite(x) else {"$float": repr(float(x))}
         if isinstance(x, (list, tuple, dict)):
             if id(x) in active:
                 raise UnsupportedObjectError(f"structure contains itself at {_dotted(path)!r}")

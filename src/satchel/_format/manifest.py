@@ -127,7 +127,8 @@ def parse_manifest(text: str, *, where: str) -> Manifest:
     module = doc.get("module")
     if module is not None and not (isinstance(module, str) and 0 < len(module) <= 1000):
         raise FormatError(f"{where}: manifest field 'module' must be a non-empty string")
-    if doc["version"] != FORMAT_VERSION:
+    version = doc["version"]
+    if isinstance(version, bool) or not isinstance(version, int) or version != FORMAT_VERSION:
         raise FormatError(
             f"{where}: satchel format version {doc['version']!r} is not supported by this "
             f"satchel (reads version {FORMAT_VERSION}); upgrade satchel"

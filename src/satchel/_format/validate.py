@@ -61,9 +61,10 @@ def manifest_of(header: Header, *, where: str) -> Manifest | None:
                 f"{where}: tensor {e.name!r} is {e.dtype.wire}{list(e.shape)} in the header "
                 f"but the manifest stores it as {wire}{list(wire_shape)}"
             )
-    user_meta = {
-        k: v for k, v in header.metadata.items() if k not in (MANIFEST_KEY, MANIFEST_CHECKSUM_KEY)
-    }
+    # SPEC 3.1/3.5: keys starting "satchel" are reserved (for this and future versions).
+    user_meta = {k: v for k, v in header.metadata.items() if not k.startswith(MANIFEST_KEY)}
+    if any(k.startswith(MANIFEST_KEY) for k in m.metadata):
+        raise FormatError(f"{where}: manifest metadata uses a reserved 'satchel' key")
     if user_meta != m.metadata:
         raise FormatError(f"{where}: header metadata and the manifest's copy of it disagree")
     return m

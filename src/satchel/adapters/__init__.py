@@ -55,6 +55,8 @@ def _is_torch(x: object) -> bool:
 
 def is_array(x: object) -> bool:
     """True for what satchel stores as data: NumPy arrays and scalars, torch tensors, bytes."""
+    if isinstance(x, (np.str_, np.void, np.object_)):
+        return False  # text and records are not arrays satchel stores; str() handles np.str_
     if isinstance(x, (np.ndarray, np.generic, bytes, bytearray)):
         return True
     if _is_torch(x):

@@ -52,7 +52,8 @@ def _memory(arr: np.ndarray[Any, Any], itemsize: int) -> Memory | None:
     root = arr
     while isinstance(root.base, np.ndarray):
         root = root.base
-    if not root.flags.c_contiguous or any(s % itemsize for s in arr.strides):
+    contiguous = root.flags.c_contiguous or root.flags.f_contiguous
+    if not contiguous or any(s % itemsize for s in arr.strides):
         return None
     offset = arr.__array_interface__["data"][0] - root.__array_interface__["data"][0]
     strides = tuple(s // itemsize for s in arr.strides)
@@ -60,7 +61,8 @@ def _memory(arr: np.ndarray[Any, Any], itemsize: int) -> Memory | None:
         key=("numpy", id(root)),
         offset=offset,
         strides=strides,
-        whole=lambda: root.reshape(-1).view(np.uint8),
+        # order="K" walks memory order, so a Fortran-ordered root is also a view, not a copy.
+        whole=lambda: root.ravel(order="K").view(np.uint8),
     )
 
 

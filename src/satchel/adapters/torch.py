@@ -5,6 +5,7 @@ Imported only when a torch object is saved or a torch leaf is loaded.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -91,6 +92,19 @@ def materialize(
     All leaves built from one ``base`` share its storage, so views and tied weights stay shared.
     """
     isz = dtype.itemsize
+    if math.prod(shape) == 0:
+        return torch.empty(shape, dtype=to_torch_dtype(dtype))
+    if any(s < 0 for s in strides):
+        # torch has no negative strides (NumPy does): this leaf comes back as a copy.
+        flipped = base.numpy()
+        from . import numpy as np_adapter
+
+        arr = np_adapter.materialize(flipped, dtype, shape, offset, strides)
+        return (
+            from_numpy_bytes(np.ascontiguousarray(arr).reshape(-1).view(np.uint8))
+            .view(to_torch_dtype(dtype))
+            .reshape(shape)
+        )
     usable = base.numel() - base.numel() % isz
     typed = base[:usable].view(to_torch_dtype(dtype))
     return typed.as_strided(shape, strides, offset // isz)

@@ -150,7 +150,8 @@ def finalize(
 
                 bases[id(storage)] = torch_adapter.from_numpy_bytes(storage.data)
             else:
-                bases[id(storage)] = storage.data
+                raw = storage.data
+                bases[id(storage)] = np.frombuffer(raw.data, dtype=np.uint8) if raw.nbytes else raw
         return bases[id(storage)]
 
     def leaf(ref: ArrayRef) -> Any:
