@@ -4,6 +4,7 @@ The whole public surface is re-exported here; everything else is private.
 """
 
 from ._api import detect, load, open, save
+from ._convert import convert
 from ._foreign import ForeignFile
 from ._lazy import LazyFile, TensorInfo
 from ._manager import CheckpointInfo, CheckpointManager, CheckpointWarning, RestoreResult
@@ -52,6 +53,7 @@ __all__ = [
     "UsageError",
     "__version__",
     "capture_rng",
+    "convert",
     "detect",
     "load",
     "load_state",

@@ -12,7 +12,7 @@ from ._foreign import ForeignFile, read_foreign
 from ._io.writer import write_plan
 from ._lazy import FrameworkName, LazyFile
 from ._plan import plan_save
-from .errors import SatchelFileNotFoundError
+from .errors import FormatError, SatchelFileNotFoundError
 from .formats.detect import detect, sniffed
 
 __all__ = ["detect", "load", "open", "save"]
@@ -95,9 +95,15 @@ def load(
         return read_foreign(
             path, fmt, framework=framework, device=device, dtype=dtype, verify=verify
         )
-    with LazyFile(
-        path, mmap=mmap, verify=verify, framework=framework, device=device, dtype=dtype
-    ) as f:
+    try:
+        f = LazyFile(
+            path, mmap=mmap, verify=verify, framework=framework, device=device, dtype=dtype
+        )
+    except FormatError as e:
+        if fmt is None:
+            raise type(e)(f"{e} (and no other format satchel reads matches it)") from e
+        raise
+    with f:
         return f.load()
 
 

@@ -36,7 +36,7 @@ def describe(x: np.ndarray[Any, Any] | np.generic, *, where: str) -> ArrayView:
         shape=shape,
         requires_grad=False,
         memory=_memory(arr, dt.itemsize),
-        values=lambda: np.ascontiguousarray(arr),
+        values=lambda: np.asarray(arr, order="C"),
     )
 
 

@@ -69,7 +69,7 @@ class _Array(Deferred, Buildable):
                 f"bytes, has {len(raw)}"
             )
         arr = np.frombuffer(raw, dtype=dt).reshape(shape, order="F" if fortran else "C")
-        self.array = np.ascontiguousarray(arr.astype(dt.newbyteorder("=")))
+        self.array = np.asarray(arr, dtype=dt.newbyteorder("="), order="C")
 
     def resolve(self) -> np.ndarray[Any, Any]:
         if self.array is None:

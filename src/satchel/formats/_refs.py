@@ -216,6 +216,6 @@ def _ref_of_ndarray(a: np.ndarray[Any, Any]) -> ArrayRef:
     dt = dtypes.by_numpy(a.dtype)
     if dt is None:
         raise FormatError(f"array of dtype {a.dtype} has no torch equivalent")
-    c = np.ascontiguousarray(a)
+    c = np.asarray(a, order="C")  # keeps 0-d arrays 0-d (ascontiguousarray would not)
     data = c.reshape(-1).view(np.uint8)
     return ArrayRef(Storage(data, "ndarray"), dt, tuple(c.shape), c_strides(tuple(c.shape)), 0)

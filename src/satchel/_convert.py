@@ -1,0 +1,68 @@
+"""``satchel.convert``: any readable format to satchel, ``.npz``, OneFlow folders or torch zips."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from ._api import load, save
+from ._tree import iter_leaves
+from .errors import UnsupportedObjectError, UsageError
+from .formats.npz_writer import npz_arrays, write_npz
+from .formats.oneflow_writer import write_oneflow
+from .formats.torch_writer import write_torch
+
+__all__ = ["Target", "convert"]
+
+Target = Literal["satchel", "safetensors", "npz", "oneflow", "torch"]
+_TARGETS = ("satchel", "safetensors", "npz", "oneflow", "torch")
+
+
+def convert(
+    src: str | os.PathLike[str],
+    dst: str | os.PathLike[str],
+    *,
+    to: Target = "satchel",
+    verify: bool = True,
+) -> str:
+    """Read ``src`` in whatever format it is and write it to ``dst`` as ``to``; returns ``to``.
+
+    ``satchel`` (= ``safetensors``: every satchel file is one) keeps the whole structure.
+    ``npz`` and ``oneflow`` hold flat name -> array maps (nested names joined with ``/`` and
+    ``.``); ``torch`` writes a zip that ``torch.load(weights_only=True)`` reads, no torch needed.
+    Every write is atomic. Nothing from ``src`` is ever executed.
+
+    Raises:
+        UsageError: unknown ``to``.
+        SatchelError: ``src`` is unreadable or holds something ``to`` cannot represent.
+    """
+    if to not in _TARGETS:
+        raise UsageError(f"to={to!r}: expected one of {', '.join(_TARGETS)}")
+    obj = load(src, framework="numpy", verify=verify)
+    out = Path(dst)
+    if to in ("satchel", "safetensors"):
+        save(obj, out)
+    elif to == "torch":
+        write_torch(obj, out)
+    else:
+        leaves = iter_leaves(obj, where=str(src))
+        if to == "npz":
+            write_npz(npz_arrays(leaves), out)
+        else:
+            write_oneflow(_arrays_only(leaves, str(src)), out)
+    return to
+
+
+def _arrays_only(leaves: list[tuple[tuple[str, ...], Any]], where: str) -> dict[str, Any]:
+    out = {}
+    for path, value in leaves:
+        if not isinstance(value, np.ndarray):
+            raise UnsupportedObjectError(
+                f"{where}: {'.'.join(path)!r} is a {type(value).__name__}; the OneFlow layout "
+                "holds tensors only"
+            )
+        out[".".join(path) or "tensor"] = value
+    return out
