@@ -41,5 +41,5 @@ def npz_arrays(leaves: list[tuple[tuple[str, ...], Any]]) -> dict[str, np.ndarra
 def write_npz(arrays: dict[str, np.ndarray[Any, Any]], path: Path) -> None:
     """``np.savez`` into a temp file, fsync, rename (``allow_pickle`` is never needed)."""
     with atomic_file(path) as fd, os.fdopen(os.dup(fd), "wb") as f:
-        np.savez(f, allow_pickle=False, **arrays)  # type: ignore[arg-type]
+        np.savez(f, allow_pickle=False, **arrays)
         f.flush()
