@@ -12,6 +12,7 @@ from ._foreign import ForeignFile, read_foreign
 from ._io.writer import write_plan
 from ._lazy import FrameworkName, LazyFile
 from ._plan import plan_save
+from ._progress import ProgressArg, reporter
 from .errors import FormatError, SatchelFileNotFoundError
 from .formats.detect import detect, sniffed
 
@@ -23,13 +24,18 @@ _NATIVE = (None, "satchel", "safetensors")
 
 
 def save(
-    obj: Any, path: str | os.PathLike[str], *, metadata: Mapping[str, str] | None = None
+    obj: Any,
+    path: str | os.PathLike[str],
+    *,
+    metadata: Mapping[str, str] | None = None,
+    progress: ProgressArg = None,
 ) -> None:
     """Save a tensor or any nesting of dict/list/tuple/plain values and arrays to ``path``.
 
     The file is a valid safetensors file; satchel's manifest in its metadata restores the exact
     structure, dtypes, shared tensors and views. The write is atomic: a failure at any point
-    leaves the previous file untouched and no temp file behind.
+    leaves the previous file untouched and no temp file behind. ``progress=True`` draws a bar
+    on stderr (when it is a terminal); a callable receives ``(bytes_done, bytes_total)``.
 
     Raises:
         UnsupportedObjectError: ``obj`` holds something satchel cannot store (nothing written).
@@ -48,7 +54,7 @@ def save(
     plan = plan_save(obj, metadata=metadata, module=module)
     if not target.parent.is_dir():
         raise SatchelFileNotFoundError(f"{target}: folder {target.parent} does not exist")
-    write_plan(plan, target)
+    write_plan(plan, target, progress=reporter(progress, plan.size, f"saving {target.name}"))
 
 
 def _unwrap_module(obj: Any) -> tuple[Any, str | None]:
@@ -75,6 +81,7 @@ def load(
     dtype: Any = None,
     mmap: bool = True,
     verify: bool = True,
+    progress: ProgressArg = None,
 ) -> Any:
     """Load what ``save`` wrote (or any safetensors file, as a flat dict of NumPy arrays).
 
@@ -82,7 +89,8 @@ def load(
     ``"torch"`` force one. ``dtype`` casts floating arrays, ``device`` places torch tensors.
     With ``mmap=True`` arrays are views of a private copy-on-write mapping of the file (no copy,
     writes never reach the file). With ``verify=True`` every stored tensor is checked against
-    its xxh3-64 checksum before anything is returned.
+    its xxh3-64 checksum before anything is returned. ``progress`` is as for :func:`save`
+    (it follows checksum verification, the part of a load that reads the bytes).
 
     Raises:
         SatchelFileNotFoundError: no such file.
@@ -93,7 +101,13 @@ def load(
     fmt = sniffed(path)
     if fmt not in _NATIVE:
         return read_foreign(
-            path, fmt, framework=framework, device=device, dtype=dtype, verify=verify
+            path,
+            fmt,
+            framework=framework,
+            device=device,
+            dtype=dtype,
+            verify=verify,
+            progress=progress,
         )
     try:
         f = LazyFile(
@@ -104,7 +118,7 @@ def load(
             raise type(e)(f"{e} (and no other format satchel reads matches it)") from e
         raise
     with f:
-        return f.load()
+        return f.load(progress=progress)
 
 
 def open(

@@ -9,6 +9,7 @@ from typing import Any, Literal
 import numpy as np
 
 from ._api import load, save
+from ._progress import ProgressArg
 from ._tree import iter_leaves
 from .errors import UnsupportedObjectError, UsageError
 from .formats.npz_writer import npz_arrays, write_npz
@@ -27,6 +28,7 @@ def convert(
     *,
     to: Target = "satchel",
     verify: bool = True,
+    progress: ProgressArg = None,
 ) -> str:
     """Read ``src`` in whatever format it is and write it to ``dst`` as ``to``; returns ``to``.
 
@@ -41,10 +43,10 @@ def convert(
     """
     if to not in _TARGETS:
         raise UsageError(f"to={to!r}: expected one of {', '.join(_TARGETS)}")
-    obj = load(src, framework="numpy", verify=verify)
+    obj = load(src, framework="numpy", verify=verify, progress=progress)
     out = Path(dst)
     if to in ("satchel", "safetensors"):
-        save(obj, out)
+        save(obj, out, progress=progress)
     elif to == "torch":
         write_torch(obj, out)
     else:

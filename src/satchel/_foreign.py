@@ -16,6 +16,7 @@ from typing import Any, Literal
 import numpy as np
 
 from ._lazy import TensorInfo
+from ._progress import ProgressArg, reporter
 from ._tree import iter_leaves, unique_names
 from .errors import MissingKeyError, SatchelError
 from .formats import registry
@@ -32,10 +33,22 @@ def read_foreign(
     device: Any,
     dtype: Any,
     verify: bool,
+    progress: ProgressArg = None,
 ) -> Any:
     """The whole structure of a foreign file, arrays as NumPy (default) or torch."""
+    size = _size(Path(path))
+    report = reporter(progress, size, f"reading {Path(path).name}")
     raw = registry.reader(fmt).read(Path(path), verify=verify)
-    return finalize(raw, framework=_framework(framework), dtype=dtype, device=device)
+    out = finalize(raw, framework=_framework(framework), dtype=dtype, device=device)
+    if report is not None:
+        report(size)  # foreign readers map their files; the work is done in one go
+    return out
+
+
+def _size(path: Path) -> int:
+    if path.is_dir():
+        return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    return path.stat().st_size if path.exists() else 0
 
 
 def _framework(framework: str) -> Literal["numpy", "torch"]:

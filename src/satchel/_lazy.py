@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal
 
@@ -19,6 +20,7 @@ from ._format.header import Header
 from ._format.manifest import Leaf, Manifest, Stored
 from ._format.validate import xxh3_hex
 from ._io.reader import Opened, open_file
+from ._progress import ProgressArg, reporter
 from ._tree import leaf_paths, unflatten, unique_names
 from .adapters import numpy as np_adapter
 from .errors import (
@@ -121,11 +123,19 @@ class LazyFile:
         self._leaf(name)
         return self._build(self._index[name])
 
-    def load(self) -> Any:
+    def load(self, *, progress: ProgressArg = None) -> Any:
         """The whole saved structure, every stored tensor verified first (when verifying)."""
+        total = sum(s.nbytes for s in self._manifest.stored.values())
+        report = reporter(progress, total, f"loading {Path(self._where).name}")
+        done = 0
         if self._verify:
-            for name in self._manifest.stored:
+            for name, stored in self._manifest.stored.items():
                 self._check(name)
+                done += stored.nbytes
+                if report is not None:
+                    report(done)
+        if report is not None:
+            report(total)
         return unflatten(self._manifest.root, self._build, where=self._where)
 
     def close(self) -> None:

@@ -8,6 +8,7 @@ from pathlib import Path
 import xxhash
 
 from .._plan import Plan
+from .._progress import Progress
 from .atomic import atomic_file, write_all
 
 __all__ = ["Written", "write_plan"]
@@ -15,6 +16,7 @@ __all__ = ["Written", "write_plan"]
 # Small tensors are gathered into one buffer per write: 50,000 tiny write() calls cost more than
 # the copy. Large tensors go straight from their memory to the kernel, with no extra copy.
 _BATCH = 1 << 20
+_STEP = 64 << 20  # with a progress bar, large tensors are written in steps of this size
 
 
 @dataclass(frozen=True)
@@ -25,26 +27,37 @@ class Written:
     xxh3: str
 
 
-def write_plan(plan: Plan, path: Path) -> Written:
+def write_plan(plan: Plan, path: Path, *, progress: Progress | None = None) -> Written:
     """Write ``plan`` atomically to ``path``; the whole-file digest is computed on the way."""
     digest = xxhash.xxh3_64()
+    done = 0
+
+    def emit(fd: int, data: bytearray | memoryview) -> None:
+        nonlocal done
+        digest.update(data)
+        if progress is None:
+            write_all(fd, data)
+            done += len(data)
+            return
+        view = memoryview(data).cast("B")
+        for i in range(0, len(view), _STEP):
+            write_all(fd, view[i : i + _STEP])
+            done += len(view[i : i + _STEP])
+            progress(done)
+
     with atomic_file(path) as fd:
         pending = bytearray(plan.header)
         for chunk in plan.chunks:
             if chunk.nbytes >= _BATCH:
                 if pending:
-                    digest.update(pending)
-                    write_all(fd, pending)
+                    emit(fd, pending)
                     pending.clear()
-                digest.update(chunk.data)
-                write_all(fd, chunk.data)
+                emit(fd, chunk.data)
             else:
                 pending += chunk.data
                 if len(pending) >= _BATCH:
-                    digest.update(pending)
-                    write_all(fd, pending)
+                    emit(fd, pending)
                     pending.clear()
         if pending:
-            digest.update(pending)
-            write_all(fd, pending)
+            emit(fd, pending)
     return Written(plan.size, digest.hexdigest())
