@@ -10,6 +10,7 @@ from ._lazy import LazyFile, TensorInfo
 from ._manager import CheckpointInfo, CheckpointManager, CheckpointWarning, RestoreResult
 from ._rng import capture_rng, restore_rng
 from ._state import LoadReport, Mismatch, load_state
+from ._verify import Problem, VerifyReport, verify
 from .errors import (
     CheckpointExistsError,
     CheckpointLockedError,
@@ -43,6 +44,7 @@ __all__ = [
     "LoadReport",
     "Mismatch",
     "MissingKeyError",
+    "Problem",
     "RestoreResult",
     "SatchelError",
     "SatchelFileNotFoundError",
@@ -51,6 +53,7 @@ __all__ = [
     "UnsafeContentError",
     "UnsupportedObjectError",
     "UsageError",
+    "VerifyReport",
     "__version__",
     "capture_rng",
     "convert",
@@ -60,4 +63,5 @@ __all__ = [
     "open",
     "restore_rng",
     "save",
+    "verify",
 ]

@@ -61,12 +61,16 @@ class CommitRecord:
     metrics: Mapping[str, float]
     items: Mapping[str, ItemRecord]
     versions: Mapping[str, str]
+    retention: tuple[str, ...] = ()  # the saving manager's policies, e.g. "keep_last=3"
 
     @staticmethod
     def new(
-        step: int, items: Mapping[str, ItemRecord], metrics: Mapping[str, float]
+        step: int,
+        items: Mapping[str, ItemRecord],
+        metrics: Mapping[str, float],
+        retention: tuple[str, ...] = (),
     ) -> CommitRecord:
-        return CommitRecord(step, time.time(), dict(metrics), dict(items), _versions())
+        return CommitRecord(step, time.time(), dict(metrics), dict(items), _versions(), retention)
 
 
 def _versions() -> dict[str, str]:
@@ -93,6 +97,7 @@ def write_commit(folder: Path, record: CommitRecord) -> None:
             for name, r in record.items.items()
         },
         "versions": dict(record.versions),
+        "retention": list(record.retention),
     }
     data = json.dumps(doc, indent=1, allow_nan=False).encode("ascii")
     fd = os.open(folder / COMMIT_FILE, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
@@ -103,7 +108,7 @@ def write_commit(folder: Path, record: CommitRecord) -> None:
         os.close(fd)
 
 
-def read_commit(folder: Path, *, expected_step: int) -> CommitRecord:
+def read_commit(folder: Path, *, expected_step: int | None) -> CommitRecord:
     """Parse and validate ``folder/manifest.json``.
 
     Raises:
@@ -123,7 +128,9 @@ def read_commit(folder: Path, *, expected_step: int) -> CommitRecord:
     if doc.get("format") != _FORMAT or doc.get("version") != _VERSION:
         raise FormatError(f"{where}: not a satchel checkpoint record (format/version)")
     step = doc.get("step")
-    if step != expected_step or isinstance(step, bool):
+    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+        raise FormatError(f"{where}: field 'step' is {step!r}, not a step number")
+    if expected_step is not None and step != expected_step:
         raise FormatError(f"{where}: field 'step' is {step!r}, folder says {expected_step}")
     t = doc.get("time")
     if isinstance(t, bool) or not isinstance(t, (int, float)):
@@ -133,7 +140,10 @@ def read_commit(folder: Path, *, expected_step: int) -> CommitRecord:
     versions = doc.get("versions")
     if not isinstance(versions, dict) or not all(isinstance(v, str) for v in versions.values()):
         raise FormatError(f"{where}: field 'versions' must map names to strings")
-    return CommitRecord(step, float(t), metrics, items, versions)
+    kept = doc.get("retention", [])
+    if not isinstance(kept, list) or not all(isinstance(k, str) for k in kept):
+        raise FormatError(f"{where}: field 'retention' must be a list of policy names")
+    return CommitRecord(step, float(t), metrics, items, versions, tuple(kept))
 
 
 def _metrics(value: Any, where: str) -> dict[str, float]:

@@ -10,6 +10,7 @@ every file it lists has the recorded size and xxh3-64. Writers take an OS file l
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import os
 import re
 import secrets
@@ -37,8 +38,18 @@ from .errors import (
     UsageError,
 )
 
-__all__ = ["CheckpointInfo", "CheckpointManager", "CheckpointWarning", "RestoreResult"]
+__all__ = [
+    "CheckpointInfo",
+    "CheckpointManager",
+    "CheckpointWarning",
+    "RestoreResult",
+    "is_step_dir",
+    "step_of",
+]
 
+# Constructing through CheckpointManager.reader() must not create the root; a context variable
+# keeps that out of the public constructor's signature.
+_create_root: contextvars.ContextVar[bool] = contextvars.ContextVar("create_root", default=True)
 _STEP_DIR = re.compile(r"^step_(\d{1,19})$")
 _ITEM_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}$")
 _EXTRA = "extra"
@@ -96,7 +107,11 @@ class CheckpointManager:
         keep_best: tuple[str, Literal["min", "max"], int] | None = None,
     ) -> None:
         self.root = Path(root)
-        self.root.mkdir(parents=True, exist_ok=True)
+        if not _create_root.get(True):
+            if not self.root.is_dir():
+                raise CheckpointNotFoundError(f"{self.root}: no such checkpoint folder")
+        else:
+            self.root.mkdir(parents=True, exist_ok=True)
         policies: list[retention.Policy] = []
         if keep_last is not None:
             policies.append(retention.KeepLast(_positive(keep_last, "keep_last")))
@@ -111,6 +126,39 @@ class CheckpointManager:
         self._lock = WriterLock(self.root)
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
+
+    @classmethod
+    def reader(cls, root: str | os.PathLike[str]) -> CheckpointManager:
+        """A manager for reading an existing root (``steps``, ``restore``, ``checkpoints``).
+
+        Unlike the constructor it never creates the folder.
+
+        Raises:
+            CheckpointNotFoundError: ``root`` is not a folder.
+        """
+        token = _create_root.set(False)
+        try:
+            mgr = cls(root)
+        finally:
+            _create_root.reset(token)
+        # Retention rules are the writer's; the newest commit record says which they were.
+        newest = [i for i in mgr.checkpoints(verify=False) if i.record is not None]
+        if newest and newest[-1].record is not None:
+            parsed = []
+            for name in newest[-1].record.retention:
+                with contextlib.suppress(ValueError):
+                    parsed.append(retention.parse(name))
+            mgr.policies = tuple(parsed)
+        return mgr
+
+    def kept_by(self) -> dict[int, list[str]]:
+        """For each committed step, the retention rules that keep it (``newest`` included)."""
+        infos = [i for i in self.checkpoints(verify=False) if i.record is not None]
+        records = [retention.CheckpointRecord(i.step, i.record.metrics) for i in infos if i.record]
+        kept = retention.decide(self.policies, records)
+        if infos:
+            kept.setdefault(infos[-1].step, []).append("newest")
+        return {i.step: kept.get(i.step, []) for i in infos}
 
     # -- saving --------------------------------------------------------------------------------
     def save(
@@ -214,7 +262,8 @@ class CheckpointManager:
                 for name, plan in plans.items():
                     written = write_plan(plan, tmp / f"{name}.satchel")
                     records[name] = ItemRecord(f"{name}.satchel", written.size, written.xxh3)
-                write_commit(tmp, CommitRecord.new(step, records, metrics))
+                names = tuple(p.name for p in self.policies)
+                write_commit(tmp, CommitRecord.new(step, records, metrics, names))
                 fsync_dir(tmp)
                 if final.exists():
                     self._discard(final)
@@ -356,6 +405,17 @@ class CheckpointManager:
                 raise UsageError(f"restore target {name}={type(target).__name__} is not loadable")
         extra = items.pop(_EXTRA, None)
         return RestoreResult(step, folder, extra, record.metrics, items, reports, skipped)
+
+
+def is_step_dir(p: Path) -> bool:
+    """Whether ``p`` is named and shaped like a step folder (committed or not)."""
+    return bool(_STEP_DIR.match(p.name)) and p.is_dir() and not p.is_symlink()
+
+
+def step_of(p: Path) -> int | None:
+    """The step a folder's name says, or ``None``."""
+    m = _STEP_DIR.match(p.name)
+    return int(m.group(1)) if m else None
 
 
 def _dirname(step: int) -> str:

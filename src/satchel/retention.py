@@ -10,7 +10,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
-__all__ = ["CheckpointRecord", "KeepBest", "KeepEvery", "KeepLast", "Policy", "decide"]
+__all__ = ["CheckpointRecord", "KeepBest", "KeepEvery", "KeepLast", "Policy", "decide", "parse"]
 
 
 @dataclass(frozen=True)
@@ -77,6 +77,25 @@ class KeepBest:
         ranked = [r for r in records if self.metric in r.metrics]
         ranked.sort(key=lambda r: r.metrics[self.metric], reverse=self.mode == "max")
         return {r.step for r in ranked[: self.k]}
+
+
+def parse(name: str) -> Policy:
+    """The policy a ``name`` string spells (as recorded in commit records).
+
+    Raises:
+        ValueError: not a policy name this version knows.
+    """
+    kind, _, arg = name.partition("=")
+    if kind == "keep_last" and arg.isdigit() and int(arg) > 0:
+        return KeepLast(int(arg))
+    if kind == "keep_every" and arg.isdigit() and int(arg) > 0:
+        return KeepEvery(int(arg))
+    if kind == "keep_best":
+        metric, _, rest = arg.rpartition(":")
+        metric, _, mode = metric.rpartition(":")
+        if metric and mode in ("min", "max") and rest.isdigit() and int(rest) > 0:
+            return KeepBest(metric, "min" if mode == "min" else "max", int(rest))
+    raise ValueError(f"unknown retention policy {name!r}")
 
 
 def decide(policies: Sequence[Policy], records: Sequence[CheckpointRecord]) -> dict[int, list[str]]:
