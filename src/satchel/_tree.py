@@ -34,6 +34,7 @@ __all__ = [
 ]
 
 MAX_DEPTH = 64  # SPEC 4.6: deeper structures are refused on save and on load
+_MAX_INT_BITS = 13_000  # ~3,900 decimal digits: below CPython's 4,300-digit str() limit
 _TAGS = frozenset({"$t", "$tuple", "$dict", "$odict", "$float"})
 
 Json = Any  # a JSON value; mypy cannot express the recursive type usefully
@@ -74,6 +75,11 @@ def flatten(obj: Any, *, is_leaf: Callable[[Any], bool]) -> Flat:
         if x is None or isinstance(x, (bool, str)):
             return str(x) if isinstance(x, str) else x
         if isinstance(x, int):
+            if x.bit_length() > _MAX_INT_BITS:
+                raise UnsupportedObjectError(
+                    f"int at {_dotted(path) or '<root>'!r} has more than 4000 digits; JSON "
+                    "readers refuse such numbers. Store it as bytes (x.to_bytes(...)) instead"
+                )
             return int(x)
         if isinstance(x, float):
             return float(x) if math.isfinite(x) else {"$float": repr(float(x))}
