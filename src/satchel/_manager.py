@@ -53,6 +53,7 @@ _create_root: contextvars.ContextVar[bool] = contextvars.ContextVar("create_root
 _STEP_DIR = re.compile(r"^step_(\d{1,19})$")
 _ITEM_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}$")
 _EXTRA = "extra"
+_RACE_RETRIES = 5  # re-choose when a concurrent writer deletes the chosen step mid-restore
 
 
 class CheckpointWarning(UserWarning):
@@ -265,20 +266,44 @@ class CheckpointManager:
                 names = tuple(p.name for p in self.policies)
                 write_commit(tmp, CommitRecord.new(step, records, metrics, names))
                 fsync_dir(tmp)
-                if final.exists():
-                    self._discard(final)
-                os.rename(tmp, final)
+                self._commit(tmp, final)
             except BaseException:
                 shutil.rmtree(tmp, ignore_errors=True)
                 raise
-            fsync_dir(self.root)
             self._apply_retention(step)
 
-    def _discard(self, folder: Path) -> None:
-        """Delete a step folder: first rename it to a temp name, so no crash leaves half of it."""
+    def _commit(self, tmp: Path, final: Path) -> None:
+        """Rename the finished folder into place (SPEC 8.5); with overwrite, the old one is
+        moved aside first and put back if the new one cannot take its place."""
+        old = self._stash(final) if final.exists() else None
+        try:
+            os.rename(tmp, final)
+        except BaseException:
+            if old is not None:
+                with contextlib.suppress(OSError):
+                    os.rename(old, final)
+            raise
+        try:
+            fsync_dir(self.root)
+        finally:
+            if old is not None:
+                shutil.rmtree(old, ignore_errors=True)
+
+    def _stash(self, folder: Path) -> Path:
+        """Rename a step folder to a temp name (durably), so no crash leaves half of it."""
         trash = self.root / f".trash-{folder.name}{TMP_MARKER}{os.getpid()}-{secrets.token_hex(4)}"
         os.rename(folder, trash)
-        fsync_dir(self.root)
+        try:
+            fsync_dir(self.root)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.rename(trash, folder)
+            raise
+        return trash
+
+    def _discard(self, folder: Path) -> None:
+        """Delete a step folder: renamed away first, then removed."""
+        trash = self._stash(folder)
         shutil.rmtree(trash, ignore_errors=True)
 
     def _clean_temps(self) -> None:
@@ -346,50 +371,69 @@ class CheckpointManager:
         """Load a checkpoint into ``targets`` (same names as in ``save``) and return it.
 
         With no ``step`` the newest checkpoint that is committed *and* verifies is used; newer
-        broken ones are skipped with a :class:`CheckpointWarning` and listed in ``skipped``.
+        broken ones (no commit record, missing or corrupt files) are skipped with a
+        :class:`CheckpointWarning` and listed in ``skipped``. Steps that a concurrent writer
+        deletes while this runs are not reported; the choice is simply made again.
 
         Raises:
             CheckpointNotFoundError: no such (valid) checkpoint.
             StateMismatchError: a model does not fit the saved parameters.
         """
-        skipped: list[tuple[int, str]] = []
         if step is not None:
             problem = self.check(step)
             if problem is not None:
                 raise CheckpointNotFoundError(f"{self.root}: step {step}: {problem}")
-            chosen = step
-        else:
-            chosen = -1
-            for s in reversed(self.steps()):
-                problem = self.check(s)
+            return self._apply(step, self._read_step(step), targets, ())
+        skipped: list[tuple[int, str]] = []
+        for _attempt in range(_RACE_RETRIES):
+            skipped, vanished = [], False
+            for info in reversed(self.checkpoints(verify=False)):
+                problem = info.problem or self.check(info.step)
                 if problem is None:
-                    chosen = s
-                    break
-                skipped.append((s, problem))
-                warnings.warn(
-                    f"{self.root}: skipping step {s}: {problem}", CheckpointWarning, stacklevel=2
-                )
-            if chosen < 0:
-                detail = "; ".join(f"step {s}: {why}" for s, why in skipped) or "none saved"
-                raise CheckpointNotFoundError(
-                    f"{self.root}: no valid checkpoint to restore ({detail})"
-                )
-        return self._restore_step(chosen, targets, tuple(skipped))
+                    try:
+                        items = self._read_step(info.step)
+                    except (SatchelError, OSError) as e:
+                        problem = str(e)
+                    else:
+                        self._warn(skipped)
+                        return self._apply(info.step, items, targets, tuple(skipped))
+                if not info.path.exists():
+                    vanished = True  # retention of a concurrent writer removed it: not damage
+                    continue
+                skipped.append((info.step, problem))
+            if not vanished:
+                break
+        self._warn(skipped)
+        detail = "; ".join(f"step {s}: {why}" for s, why in skipped) or "none saved"
+        raise CheckpointNotFoundError(f"{self.root}: no valid checkpoint to restore ({detail})")
 
-    def _restore_step(
-        self, step: int, targets: dict[str, Any], skipped: tuple[tuple[int, str], ...]
-    ) -> RestoreResult:
+    def _warn(self, skipped: list[tuple[int, str]]) -> None:
+        for s, why in skipped:
+            warnings.warn(f"{self.root}: skipping step {s}: {why}", CheckpointWarning, stacklevel=3)
+
+    def _read_step(self, step: int) -> tuple[CommitRecord, dict[str, Any]]:
+        """The commit record and every item, mapped (so a later deletion cannot touch them)."""
         from ._api import load
 
         folder = self.root / _dirname(step)
         record = read_commit(folder, expected_step=step)
+        items = {name: load(folder / rec.file) for name, rec in record.items.items()}
+        return record, items
+
+    def _apply(
+        self,
+        step: int,
+        read: tuple[CommitRecord, dict[str, Any]],
+        targets: dict[str, Any],
+        skipped: tuple[tuple[int, str], ...],
+    ) -> RestoreResult:
+        record, items = read
+        folder = self.root / _dirname(step)
         missing = sorted(set(targets) - set(record.items))
         if missing:
             raise CheckpointNotFoundError(
                 f"{folder}: has no item {missing} (items: {sorted(record.items)})"
             )
-        # check_files already verified every byte against the commit record's digests.
-        items = {name: load(folder / rec.file, verify=False) for name, rec in record.items.items()}
         reports: dict[str, LoadReport] = {}
         for name, target in targets.items():
             value = items[name]

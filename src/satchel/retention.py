@@ -6,6 +6,7 @@ newest valid checkpoint is never deleted, whatever the policies say.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
@@ -74,7 +75,8 @@ class KeepBest:
         return f"keep_best={self.metric}:{self.mode}:{self.k}"
 
     def keep(self, records: Sequence[CheckpointRecord]) -> set[int]:
-        ranked = [r for r in records if self.metric in r.metrics]
+        # NaN/inf (a diverged run) never ranks: sorting with NaN gives arbitrary orders.
+        ranked = [r for r in records if math.isfinite(r.metrics.get(self.metric, math.nan))]
         ranked.sort(key=lambda r: r.metrics[self.metric], reverse=self.mode == "max")
         return {r.step for r in ranked[: self.k]}
 
