@@ -52,7 +52,7 @@ def zip_members(data: U8Array, *, where: str) -> dict[str, ZipMember]:
     raw = data.data
     try:
         zf = zipfile.ZipFile(io.BytesIO(raw))  # reads only the central directory here
-    except (zipfile.BadZipFile, OSError, ValueError, struct.error) as e:
+    except (zipfile.BadZipFile, OSError, ValueError, struct.error, NotImplementedError) as e:
         raise FormatError(f"{where}: not a readable zip archive ({e})") from e
     members: dict[str, ZipMember] = {}
     spans: list[tuple[int, int, str]] = []

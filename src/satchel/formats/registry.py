@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from . import native, oneflow, tar, torch
+from . import gguf, mxnet, native, npz, numpy, oneflow, tar, torch
 
 __all__ = ["READERS", "reader"]
 
@@ -17,6 +17,10 @@ READERS: list[tuple[str, ModuleType]] = [
     ("safetensors", native),
     ("torch", torch),
     ("oneflow", oneflow),
+    ("numpy", numpy),
+    ("npz", npz),
+    ("gguf", gguf),
+    ("mxnet", mxnet),
     ("torch-tar", tar),
 ]
 

@@ -1,0 +1,68 @@
+"""NumPy ``.npz`` archives: a zip of ``<key>.npy`` members, stored or deflated.
+
+Layout: shared/specs/formats.md §6 (``np.savez`` stores, ``np.savez_compressed`` deflates; MXNet
+2.0 and Keras ``.weights.npz`` write the same). The zip is validated by ``_zip`` (safe names, no
+overlaps, capped inflation); every member must be a ``.npy`` (security.md B27: no unlisted
+members) and is read by :func:`satchel.formats.numpy.read_npy`. The result is what
+``np.load(path)`` offers: a dict from key (member name without ``.npy``) to array, in archive
+order.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ..errors import FormatError
+from ._zip import read_member, zip_members
+from .numpy import read_npy
+
+__all__ = ["read", "sniff", "sniff_dir"]
+
+_SUFFIX = ".npy"
+
+
+def sniff(pr: Any) -> bool:
+    """A zip whose first member's name ends in ``.npy`` (torch and keras zips never do).
+
+    An empty zip (only its end record, what ``np.savez(path)`` writes) is an empty ``.npz``.
+    """
+    head: bytes = pr.head
+    if head[:4] == b"PK\x05\x06":
+        return True
+    if head[:4] != b"PK\x03\x04" or len(head) < 30:
+        return False
+    name_len = int.from_bytes(head[26:28], "little")
+    return head[30 : 30 + name_len].endswith(_SUFFIX.encode())
+
+
+def sniff_dir(pr: Any) -> bool:
+    return False
+
+
+def read(path: Path, *, verify: bool = True) -> dict[str, Any]:
+    """``{key: array}`` for every member, in archive order (arrays as in ``numpy.read_npy``).
+
+    ``verify`` also checks the CRC-32 of stored members (deflated ones are always checked).
+
+    Raises:
+        FormatError: a damaged zip, a member that is not a ``.npy``, a bad ``.npy``.
+        UnsafeContentError: a member holds an object array (a pickle).
+    """
+    from ._source import map_file
+
+    where = str(path)
+    data = map_file(path)
+    try:
+        members = zip_members(data, where=where)
+    except NotImplementedError as e:  # zipfile: "zip file version 24.4" from a damaged directory
+        raise FormatError(f"{where}: not a readable zip archive ({e})") from e
+    out: dict[str, Any] = {}
+    for name, member in members.items():
+        if not name.endswith(_SUFFIX):
+            raise FormatError(
+                f"{where}: member {name!r} is not a .npy array; an .npz holds only .npy members"
+            )
+        raw = read_member(data, member, where=where, check_crc=verify)
+        out[name[: -len(_SUFFIX)]] = read_npy(raw, where=f"{where}:{name}")
+    return out
