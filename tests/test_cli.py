@@ -64,7 +64,7 @@ def run_json(*args: str | Path, code: int = 0, subprocess: bool = False) -> dict
 
 def needs(path: Path) -> Path:
     if not path.exists():
-        pytest.skip(f"fixture {path} not available")
+        pytest.fail(f"fixture {path} not available")
     return path
 
 
@@ -428,7 +428,8 @@ def test_diff_tolerance_and_name_matching(files: dict[str, Path], tmp_path: Path
 
 
 def test_diff_plot_writes_a_png(files: dict[str, Path], tmp_path: Path) -> None:
-    pytest.importorskip("matplotlib")
+    import matplotlib  # noqa: F401
+
     png = tmp_path / "drift.png"
     r = cli("diff", files["model"], files["tuned"], "--plot", png)
     assert r.returncode == 1, r.stderr

@@ -105,7 +105,7 @@ def small() -> bytes:
 # -- ground truth -------------------------------------------------------------------------------
 def test_fixture_matches_gguf_reader() -> None:
     if not FIXTURE.exists():
-        pytest.skip(f"shared fixture {FIXTURE} is not present")
+        pytest.fail(f"shared fixture {FIXTURE} is not present")
     doc = json.loads(FIXTURE.with_name("mlp.gguf.expected.json").read_text())
     with np.load(FIXTURE.with_name("mlp.gguf.expected.npz"), allow_pickle=False) as z:
         arrays = {k: z[k] for k in z.files}
@@ -134,7 +134,7 @@ def test_fixture_matches_gguf_reader() -> None:
 
 def test_fixture_tensors_are_views_of_the_file() -> None:
     if not FIXTURE.exists():
-        pytest.skip(f"shared fixture {FIXTURE} is not present")
+        pytest.fail(f"shared fixture {FIXTURE} is not present")
     doc = json.loads(FIXTURE.with_name("mlp.gguf.expected.json").read_text())
     raw = gguf_reader.read(FIXTURE)
     mapped = raw["tensors"]["fc0.weight"].storage.data
@@ -198,7 +198,8 @@ def test_every_value_and_tensor_type(tmp_path: Path, order: str, version: int) -
 
 
 def test_loads_as_torch_and_opens_lazily(tmp_path: Path) -> None:
-    torch = pytest.importorskip("torch")
+    import torch
+
     path = put(tmp_path, every_type_file()[0])
     got = satchel.load(path, framework="torch")
     assert got["tensors"]["t30"].dtype == torch.bfloat16
@@ -296,7 +297,7 @@ def test_every_truncation_is_a_format_error(tmp_path: Path) -> None:
 
 def test_fixture_truncations_and_flips_raise_only_satchel_errors() -> None:
     if not FIXTURE.exists():
-        pytest.skip(f"shared fixture {FIXTURE} is not present")
+        pytest.fail(f"shared fixture {FIXTURE} is not present")
     blob = FIXTURE.read_bytes()
     # The last tensor ends at byte 27048; only its trailing padding may be cut.
     cuts = [*range(0, 1024), *range(1024, 27048, 97), 27047]

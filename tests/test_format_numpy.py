@@ -39,7 +39,7 @@ NPZ = ["mlp.npz", "mlp_compressed.npz"]
 def fixture(name: str) -> Path:
     p = FIXTURES / name
     if not p.exists():
-        pytest.skip(f"shared fixture {p} is not present")
+        pytest.fail(f"shared fixture {p} is not present")
     return p
 
 
@@ -125,7 +125,8 @@ def test_open_lists_and_reads_members() -> None:
 
 
 def test_fortran_and_big_endian_load_as_torch_tensors() -> None:
-    torch = pytest.importorskip("torch")
+    import torch
+
     for name in ("w0_fortran.npy", "big_endian.npy", "scalar.npy"):
         _, arrays = truth(name)
         got = satchel.load(fixture(name), framework="torch")

@@ -98,7 +98,7 @@ def load(
         IntegrityError: a tensor's bytes do not match their checksum (names the tensor).
         FrameworkNotAvailableError: the file holds torch tensors and torch is not installed.
     """
-    fmt = sniffed(path)
+    fmt = sniffed(path, refine=False)
     if fmt not in _NATIVE:
         return read_foreign(
             path,
@@ -135,7 +135,7 @@ def open(
     Checksums are verified on first access of each stored tensor. Closing the file keeps
     arrays already returned valid (they hold the mapping); reading more after close raises.
     """
-    fmt = sniffed(path)
+    fmt = sniffed(path, refine=False)
     if fmt not in _NATIVE:
         return ForeignFile(
             path, fmt, framework=framework, device=device, dtype=dtype, verify=verify

@@ -66,5 +66,11 @@ def _arrays_only(leaves: list[tuple[tuple[str, ...], Any]], where: str) -> dict[
                 f"{where}: {'.'.join(path)!r} is a {type(value).__name__}; the OneFlow layout "
                 "holds tensors only"
             )
-        out[".".join(path) or "tensor"] = value
+        name = ".".join(path) or "tensor"
+        if name in out:
+            raise UnsupportedObjectError(
+                f"{where}: two tensors map to the OneFlow variable {name!r} (a key containing '.' "
+                "clashes with a nested one); rename one first"
+            )
+        out[name] = value
     return out

@@ -24,6 +24,7 @@ from .errors import FormatError, UnsupportedObjectError
 
 __all__ = [
     "MAX_DEPTH",
+    "MAX_NODES",
     "Flat",
     "flatten",
     "iter_leaves",
@@ -34,6 +35,7 @@ __all__ = [
 ]
 
 MAX_DEPTH = 64  # SPEC 4.6: deeper structures are refused on save and on load
+MAX_NODES = 5_000_000  # SPEC 4.6: values in a structure, counted as written
 _MAX_INT_BITS = 13_000  # ~3,900 decimal digits: below CPython's 4,300-digit str() limit
 _TAGS = frozenset({"$t", "$tuple", "$dict", "$odict", "$float"})
 
@@ -59,8 +61,18 @@ def flatten(obj: Any, *, is_leaf: Callable[[Any], bool]) -> Flat:
     names: list[str] = []
     index: dict[int, int] = {}
     active: set[int] = set()
+    visits = 0
 
     def walk(x: Any, path: tuple[str, ...], depth: int) -> Json:
+        nonlocal visits
+        visits += 1
+        if visits > MAX_NODES:
+            # A container shared many times over (a "billion laughs" structure from a hostile
+            # pickle) would be written out once per reference: refuse, do not expand.
+            raise UnsupportedObjectError(
+                f"structure has more than {MAX_NODES:,} values once shared containers are "
+                "expanded; satchel stores each reference separately"
+            )
         if depth > MAX_DEPTH:
             raise UnsupportedObjectError(
                 f"structure is nested deeper than {MAX_DEPTH} levels at {_dotted(path)!r}"
@@ -206,12 +218,14 @@ def validate_skeleton(skeleton: Json, n_leaves: int, *, where: str) -> None:
 def unique_names(paths: Iterable[str], *, reserved: frozenset[str] = frozenset()) -> list[str]:
     """Display names for dotted paths: the root is ``tensor``; a clash gets ``#1``, ``#2``...."""
     taken: set[str] = set(reserved)
+    next_k: dict[str, int] = {}  # per stem, so many clashes stay linear
     out = []
     for p in paths:
         stem = p or "tensor"
-        name, k = stem, 1
+        name, k = stem, next_k.get(stem, 1)
         while name in taken:
             name, k = f"{stem}#{k}", k + 1
+        next_k[stem] = k
         taken.add(name)
         out.append(name)
     return out

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, field
 from typing import Any
 
 from .. import dtypes
@@ -19,10 +20,12 @@ from ..errors import FormatError
 
 __all__ = [
     "ALIGNMENT",
+    "MAX_CONTAINERS",
     "MAX_ENTRIES",
     "MAX_HEADER",
     "Entry",
     "Header",
+    "check_addressable",
     "encode_header",
     "json_object",
     "parse_header",
@@ -32,6 +35,7 @@ __all__ = [
 MAX_HEADER = 100_000_000  # SPEC 1.2, the same cap safetensors uses
 MAX_ENTRIES = 1_000_000  # SPEC 1.6: bounds parse time and memory within the header cap
 MAX_DIMS = 64  # SPEC 2.5
+MAX_CONTAINERS = 8_000_000  # SPEC 1.6: JSON objects + arrays (raw '{' and '[' bytes) per header
 ALIGNMENT = 64  # SPEC 1.3: data starts on a 64-byte boundary
 METADATA_KEY = "__metadata__"
 
@@ -59,12 +63,10 @@ class Header:
     metadata: dict[str, str]
     data_start: int
     data_len: int
+    by_name: dict[str, Entry] = field(default_factory=dict, compare=False, repr=False)
 
     def entry(self, name: str) -> Entry | None:
-        for e in self.entries:
-            if e.name == name:
-                return e
-        return None
+        return self.by_name.get(name)
 
 
 def parse_length(prefix: bytes, file_size: int, *, where: str) -> int:
@@ -101,6 +103,14 @@ def json_object(raw: bytes, *, where: str, what: str) -> dict[str, Any]:
             out[k] = v
         return out
 
+    # JSON containers cost ~60 bytes of memory each in Python: bound them before parsing, so a
+    # 100 MB header of "[{},{},...]" is refused instead of exhausting memory (SPEC 1.6).
+    containers = raw.count(b"{") + raw.count(b"[")
+    if containers > MAX_CONTAINERS:
+        raise FormatError(
+            f"{where}: {what} holds {containers:,} JSON objects and arrays, more than the "
+            f"{MAX_CONTAINERS:,} satchel parses"
+        )
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
@@ -108,7 +118,9 @@ def json_object(raw: bytes, *, where: str, what: str) -> dict[str, Any]:
     if not text.startswith("{"):
         raise FormatError(f"{where}: {what} must start with '{{', found {text[:1]!r}")
     try:
-        obj = json.loads(text, object_pairs_hook=no_dupes, parse_constant=_no_constant)
+        obj = json.loads(
+            text, object_pairs_hook=no_dupes, parse_constant=_no_constant, parse_float=_finite
+        )
     except FormatError:
         raise
     except RecursionError as e:
@@ -117,11 +129,28 @@ def json_object(raw: bytes, *, where: str, what: str) -> dict[str, Any]:
         raise FormatError(f"{where}: {what} is not valid JSON: {e}") from e
     if not isinstance(obj, dict):
         raise FormatError(f"{where}: {what} must be a JSON object, got {type(obj).__name__}")
+    if _SURROGATE_ESCAPE.search(raw):
+        # JSON can spell a lone UTF-16 surrogate as an escape; such a string is not text and
+        # breaks whoever encodes it later. Checked only when an escape of that range appears.
+        try:
+            json.dumps(obj, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise FormatError(f"{where}: {what} holds a lone surrogate escape (not text)") from e
     return obj
+
+
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 
 
 def _no_constant(name: str) -> None:
     raise ValueError(f"{name} is not JSON")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e400 parses as inf; SPEC 4.1 allows finite numbers only
+        raise ValueError(f"number {text[:20]} is out of range")
+    return value
 
 
 def parse_header(raw: bytes, *, header_len: int, file_size: int, where: str) -> Header:
@@ -160,7 +189,9 @@ def parse_header(raw: bytes, *, header_len: int, file_size: int, where: str) -> 
             f"{where}: tensors cover {pos} data bytes but the file holds {data_len}; "
             f"the file is {verb}"
         )
-    return Header(tuple(entries), dict(meta_raw), data_start, data_len)
+    return Header(
+        tuple(entries), dict(meta_raw), data_start, data_len, {e.name: e for e in entries}
+    )
 
 
 def _entry(name: str, spec: object, *, where: str) -> Entry:
@@ -184,7 +215,20 @@ def _entry(name: str, spec: object, *, where: str) -> Entry:
             f"{field} shape {list(shape)} of {dt.wire} needs {nbytes} bytes but data_offsets "
             f"span {end - start}"
         )
+    check_addressable(shape, dt.itemsize, f"{field} shape")
     return Entry(name, dt, shape, start, end)
+
+
+def check_addressable(shape: tuple[int, ...], itemsize: int, field: str) -> None:
+    """SPEC 2.5: the shape's size, counting zero dimensions as 1, fits in 2^63 bytes.
+
+    A zero-size shape like [2^62, 2^62, 0] holds no data but no array library can create it.
+    """
+    size = itemsize
+    for n in shape:
+        size *= max(n, 1)
+    if size >= 2**63:
+        raise FormatError(f"{field} {list(shape)} describes more than 2^63 bytes")
 
 
 def _ints(value: object, field: str, *, max_len: int) -> tuple[int, ...]:

@@ -10,13 +10,13 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass
-from typing import Any, get_args
+from typing import Any, cast, get_args
 
 from .. import dtypes
 from .._tree import validate_skeleton
 from ..adapters import Framework, Kind
 from ..errors import FormatError
-from .header import json_object
+from .header import check_addressable, json_object
 
 __all__ = [
     "FORMAT_VERSION",
@@ -166,18 +166,32 @@ def _leaf(i: int, rec: object, stored: dict[str, Stored], where: str) -> Leaf:
         or not {"framework", "kind", "dtype", "shape", "data"} <= set(rec) <= allowed
     ):
         raise FormatError(f"{field} must have framework, kind, dtype, shape, data")
-    if rec["framework"] not in _FRAMEWORKS:
+    if not isinstance(rec["framework"], str) or rec["framework"] not in _FRAMEWORKS:
         raise FormatError(f"{field}.framework {rec['framework']!r} is not one of {_FRAMEWORKS}")
-    if rec["kind"] not in _KINDS:
+    if not isinstance(rec["kind"], str) or rec["kind"] not in _KINDS:
         raise FormatError(f"{field}.kind {rec['kind']!r} is not one of {sorted(_KINDS)}")
     dt = _dtype(rec["dtype"], field)
     shape = _int_list(rec["shape"], f"{field}.shape")
+    check_addressable(shape, dt.itemsize, f"{field}.shape")
+    fw = cast(Framework, rec["framework"])  # both checked against their Literal sets above
+    kind = cast(Kind, rec["kind"])
+    if (kind == "scalar" and shape != ()) or (
+        kind == "bytes"
+        and (dt.name, len(shape))
+        != (
+            "uint8",
+            1,
+        )
+    ):
+        raise FormatError(f"{field}: a {kind} leaf cannot be {dt.name}{list(shape)}")
     data = rec["data"]
     if not isinstance(data, str) or data not in stored:
         raise FormatError(f"{field}.data {data!r} names no stored tensor")
     rg = rec.get("requires_grad", False)
     if not isinstance(rg, bool):
         raise FormatError(f"{field}.requires_grad must be a boolean")
+    if rg and not (dt.floating or dt.name.startswith("complex")):
+        raise FormatError(f"{field}: requires_grad on a {dt.name} leaf (only float/complex)")
     if ("offset" in rec) != ("strides" in rec):
         raise FormatError(f"{field} must have both offset and strides, or neither")
     if "strides" not in rec:
@@ -187,15 +201,18 @@ def _leaf(i: int, rec: object, stored: dict[str, Stored], where: str) -> Leaf:
                 f"{field} is {dt.name}{list(shape)} but stored tensor {data!r} is "
                 f"{base.dtype.name}{list(base.shape)}; a whole-tensor leaf must match it"
             )
-        return Leaf(rec["framework"], rec["kind"], dt, shape, data, 0, None, rg)
+        return Leaf(fw, kind, dt, shape, data, 0, None, rg)
     offset = _int(rec["offset"], f"{field}.offset")
     strides = _int_list(rec["strides"], f"{field}.strides", signed=True)
     if len(strides) != len(shape):
         raise FormatError(f"{field}.strides has {len(strides)} entries for {len(shape)} dims")
+    # A dimension of size 0 or 1 never uses its stride; array libraries still reject huge
+    # ones, so they are read as 0 (SPEC 3.6).
+    strides = tuple(0 if n <= 1 else s for n, s in zip(shape, strides, strict=True))
     _check_view(
         field, dt, shape=shape, offset=offset, strides=strides, base_nbytes=stored[data].nbytes
     )
-    return Leaf(rec["framework"], rec["kind"], dt, shape, data, offset, strides, rg)
+    return Leaf(fw, kind, dt, shape, data, offset, strides, rg)
 
 
 def _check_view(

@@ -39,7 +39,11 @@ def manifest_of(header: Header, *, where: str) -> Manifest | None:
             f"{where}: header metadata has only one of {MANIFEST_KEY!r} and "
             f"{MANIFEST_CHECKSUM_KEY!r}; the header is damaged"
         )
-    if xxh3_hex(text.encode("utf-8")) != digest:
+    try:
+        raw = text.encode("utf-8")
+    except UnicodeEncodeError as bad:  # a lone surrogate escape (\ud800) in the JSON string
+        raise FormatError(f"{where}: the satchel manifest is not valid Unicode text") from bad
+    if xxh3_hex(raw) != digest:
         raise IntegrityError(
             f"{where}: the satchel manifest does not match its checksum {digest}; the header "
             "is damaged (restore the file from a good copy)"

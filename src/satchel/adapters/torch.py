@@ -131,5 +131,9 @@ def finish(
 
 
 def from_numpy_bytes(arr: np.ndarray[Any, np.dtype[np.uint8]]) -> torch.Tensor:
-    """Wrap a flat uint8 array (a slice of the mapped file) as a tensor without copying."""
-    return torch.from_numpy(arr)
+    """Wrap a flat uint8 array (a slice of the mapped file) as a tensor without copying.
+
+    satchel maps files copy-on-write, so its arrays are writable; a read-only array (bytes
+    from a pickle) is copied, since torch has no read-only tensors.
+    """
+    return torch.from_numpy(arr if arr.flags.writeable else arr.copy())

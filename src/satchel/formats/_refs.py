@@ -17,10 +17,23 @@ from typing import Any, Literal
 import numpy as np
 
 from .. import dtypes
+from .._format.header import check_addressable
 from ..adapters import numpy as np_adapter
 from ..errors import FormatError
 
-__all__ = ["ArrayRef", "Deferred", "Storage", "c_strides", "finalize", "make_ref"]
+__all__ = [
+    "MAX_NESTING",
+    "ArrayRef",
+    "Deferred",
+    "Storage",
+    "c_strides",
+    "finalize",
+    "make_ref",
+    "ref_of_ndarray",
+]
+
+# Foreign structures deeper than this are hostile (real checkpoints nest a handful of levels).
+MAX_NESTING = 256
 
 U8Array = np.ndarray[Any, np.dtype[np.uint8]]
 
@@ -105,6 +118,7 @@ def make_ref(
     for n in shape:
         if isinstance(n, bool) or not isinstance(n, int) or not 0 <= n < 2**63:
             raise FormatError(f"{where}: dimension {n!r} in shape {shape!r} is not valid")
+    check_addressable(shape, dtype.itemsize, f"{where}: shape")
     strides = c_strides(shape) if strides is None else strides
     if len(strides) != len(shape) or any(
         isinstance(s, bool) or not isinstance(s, int) or abs(s) >= 2**63 for s in strides
@@ -171,51 +185,67 @@ def finalize(
             arr = arr.astype(cast.numpy)
         return arr
 
-    def walk(x: Any) -> Any:
+    def walk(x: Any, depth: int) -> Any:
+        # Memo keys are ids of objects that live in the structure for the whole call (never of
+        # temporaries, whose ids Python reuses).
         key = id(x)
         if key in memo:
             return memo[key]
+        if depth > MAX_NESTING:
+            raise FormatError(f"structure nested deeper than {MAX_NESTING} levels")
         out: Any
         if isinstance(x, Deferred):
-            out = walk(x.resolve())
+            out = walk(x.resolve(), depth)
         elif isinstance(x, ArrayRef):
             out = leaf(x)
         elif isinstance(x, np.ndarray) and framework == "torch":
-            out = walk(_ref_of_ndarray(x))
+            ref = ref_of_ndarray(x)
+            keep.append(ref)  # bases are keyed by the storage's id: keep it alive
+            out = leaf(ref)
         elif isinstance(x, OrderedDict):
             out = OrderedDict()
             memo[key] = out
             for k, v in x.items():
-                out[k] = walk(v)
+                out[k] = walk(v, depth + 1)
             meta = getattr(x, "_metadata", None)
             if meta is not None:
-                out._metadata = walk(meta)
+                out._metadata = walk(meta, depth + 1)
             return out
         elif isinstance(x, dict):
             out = {}
             memo[key] = out
             for k, v in x.items():
-                out[k] = walk(v)
+                out[k] = walk(v, depth + 1)
             return out
         elif isinstance(x, list):
             out = []
             memo[key] = out
-            out.extend(walk(v) for v in x)
+            out.extend(walk(v, depth + 1) for v in x)
             return out
         elif isinstance(x, tuple):
-            out = tuple(walk(v) for v in x)
+            out = tuple(walk(v, depth + 1) for v in x)
         else:
             return x
         memo[key] = out
         return out
 
-    return walk(obj)
+    keep: list[Any] = []
+    return walk(obj, 0)
 
 
-def _ref_of_ndarray(a: np.ndarray[Any, Any]) -> ArrayRef:
+def ref_of_ndarray(
+    a: np.ndarray[Any, Any],
+    *,
+    kind: Literal["tensor", "parameter"] = "tensor",
+    requires_grad: bool = False,
+) -> ArrayRef:
+    """An ArrayRef over a NumPy array's bytes (copied only if not C-contiguous/native)."""
     dt = dtypes.by_numpy(a.dtype)
+    if dt is None and a.dtype.byteorder == ">":
+        dt = dtypes.by_numpy(a.dtype.newbyteorder("<"))
     if dt is None:
         raise FormatError(f"array of dtype {a.dtype} has no torch equivalent")
-    c = np.asarray(a, order="C")  # keeps 0-d arrays 0-d (ascontiguousarray would not)
+    c = np.asarray(a, dtype=dt.numpy, order="C")  # keeps 0-d arrays 0-d
     data = c.reshape(-1).view(np.uint8)
-    return ArrayRef(Storage(data, "ndarray"), dt, tuple(c.shape), c_strides(tuple(c.shape)), 0)
+    shape = tuple(int(n) for n in c.shape)
+    return ArrayRef(Storage(data, "ndarray"), dt, shape, c_strides(shape), 0, kind, requires_grad)

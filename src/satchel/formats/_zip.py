@@ -56,21 +56,38 @@ def zip_members(data: U8Array, *, where: str) -> dict[str, ZipMember]:
         raise FormatError(f"{where}: not a readable zip archive ({e})") from e
     members: dict[str, ZipMember] = {}
     spans: list[tuple[int, int, str]] = []
+    starts: dict[int, str] = {}
     with zf:
         infos = zf.infolist()
         dir_start = _central_directory_start(zf, len(raw))
         for info in infos:
             name = info.filename
-            _check_name(name, where)
+            # zipfile cuts names at NUL; orig_filename keeps what the directory really says.
+            _check_name(info.orig_filename, where)
             if name in members:
                 raise FormatError(f"{where}: zip member {name!r} appears twice")
             start = info.header_offset
+            if start in starts:
+                raise FormatError(
+                    f"{where}: zip members {starts[start]!r} and {name!r} overlap: both point at "
+                    f"byte {start} (a zip bomb?)"
+                )
+            starts[start] = name
             if not 0 <= start <= len(raw) - _LOCAL_HEADER.size:
                 raise FormatError(f"{where}: zip member {name!r} header is outside the file")
             fields = _LOCAL_HEADER.unpack_from(raw, start)
             if fields[0] != _LOCAL_MAGIC:
                 raise FormatError(f"{where}: zip member {name!r} has no local header")
             name_len, extra_len = fields[-2], fields[-1]
+            local_name = bytes(
+                raw[start + _LOCAL_HEADER.size : start + _LOCAL_HEADER.size + name_len]
+            )
+            encoding = "utf-8" if info.flag_bits & 0x800 else "cp437"
+            if local_name.decode(encoding, "replace") != info.orig_filename:
+                # Two names for one member is a parser differential (security.md row 25).
+                raise FormatError(
+                    f"{where}: zip member {name!r} has a different name in its local header"
+                )
             data_offset = start + _LOCAL_HEADER.size + name_len + extra_len
             end = data_offset + info.compress_size
             if end > dir_start:
@@ -80,6 +97,8 @@ def zip_members(data: U8Array, *, where: str) -> dict[str, ZipMember]:
                 )
             if info.flag_bits & 0x1:
                 raise FormatError(f"{where}: zip member {name!r} is encrypted")
+            if info.compress_type == zipfile.ZIP_STORED and info.compress_size != info.file_size:
+                raise FormatError(f"{where}: stored zip member {name!r} has two different sizes")
             if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
                 raise FormatError(
                     f"{where}: zip member {name!r} uses compression {info.compress_type}; "

@@ -68,8 +68,12 @@ def detect(path: str | os.PathLike[str]) -> str:
     return name
 
 
-def sniffed(path: str | os.PathLike[str]) -> str | None:
-    """Like :func:`detect`, but ``None`` when no reader recognises the contents."""
+def sniffed(path: str | os.PathLike[str], *, refine: bool = True) -> str | None:
+    """Like :func:`detect`, but ``None`` when no reader recognises the contents.
+
+    ``refine=False`` skips telling satchel files from plain safetensors (which reads the
+    header): loading does not need to know, and the header is then parsed only once.
+    """
     from .._format.manifest import MANIFEST_KEY
     from .._io.reader import open_file
     from . import registry
@@ -77,7 +81,7 @@ def sniffed(path: str | os.PathLike[str]) -> str | None:
     pr = probe(path)
     for name, module in registry.READERS:
         if module.sniff_dir(pr) if pr.is_dir else module.sniff(pr):
-            if name == "safetensors":
+            if name == "safetensors" and refine:
                 try:
                     opened = open_file(pr.path)
                 except (FormatError, OSError):

@@ -30,10 +30,15 @@ def npz_arrays(leaves: list[tuple[tuple[str, ...], Any]]) -> dict[str, np.ndarra
                 f"cannot store {type(value).__name__} at {name!r} in .npz (arrays, numbers "
                 "and strings only); convert to satchel's format to keep everything"
             )
-        if arr.dtype.kind == "V" or arr.dtype.name in ("bfloat16", "float8_e4m3fn", "float8_e5m2"):
+        if arr.dtype.name in ("bfloat16", "float8_e4m3fn", "float8_e5m2"):
             arr = arr.astype(np.float32)
         if arr.dtype.kind == "O":
             raise UnsupportedObjectError(f"{name!r}: object arrays would need pickle")
+        if name in out:
+            raise UnsupportedObjectError(
+                f"two values map to the .npz member {name!r} (a key containing '/' clashes with "
+                "a nested one); rename one or convert to satchel's format"
+            )
         out[name] = arr
     return out
 

@@ -21,7 +21,7 @@ from .. import dtypes
 from ..errors import FormatError, UnsafeContentError
 from ._ndarray_pickle import NDARRAY_GLOBALS
 from ._pickle import Buildable, Global, unpickle
-from ._refs import ArrayRef, Deferred, Storage, make_ref
+from ._refs import ArrayRef, Deferred, Storage, make_ref, ref_of_ndarray
 from ._source import map_file
 
 __all__ = ["DATA_TYPES", "parse_meta", "read", "sniff", "sniff_dir"]
@@ -166,6 +166,11 @@ class _Tensor(Deferred, Buildable):
     def resolve(self) -> ArrayRef | np.ndarray[Any, Any]:
         if self.value is None:
             raise FormatError(f"{self.where}: a tensor never received its data")
+        if isinstance(self.value, np.ndarray):
+            # Generation (c) carries the data as a pickled array; keep Parameter-ness.
+            self.value = ref_of_ndarray(
+                self.value, kind=self.kind, requires_grad=self.kind == "parameter"
+            )
         return self.value
 
 

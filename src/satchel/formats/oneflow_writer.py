@@ -28,8 +28,17 @@ _TEXT = {name: text for text, name in DATA_TYPES.values()}
 def write_oneflow(arrays: dict[str, np.ndarray[Any, Any]], path: Path) -> None:
     """Write ``name -> array`` as a OneFlow snapshot folder at ``path`` (replacing it)."""
     for name in arrays:
-        if not name or "/" in name or name in (".", "..", "snapshot_done"):
-            raise UnsupportedObjectError(f"{name!r} cannot be a OneFlow variable folder name")
+        if (
+            not name
+            or "/" in name
+            or "\x00" in name
+            or name in (".", "..", "snapshot_done")
+            or len(name.encode("utf-8")) > 255
+        ):
+            raise UnsupportedObjectError(
+                f"{name[:80]!r} cannot be a OneFlow variable folder name (no '/', NUL, and at "
+                "most 255 bytes)"
+            )
     tmp = path.parent / f".{path.name}{TMP_MARKER}{os.getpid()}-{secrets.token_hex(4)}"
     os.mkdir(tmp)
     try:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from . import gguf, mxnet, native, npz, numpy, oneflow, tar, torch
+from . import gguf, keras, mxnet, native, npz, numpy, oneflow, tar, tensorflow, torch
 
 __all__ = ["READERS", "reader"]
 
@@ -21,6 +21,8 @@ READERS: list[tuple[str, ModuleType]] = [
     ("npz", npz),
     ("gguf", gguf),
     ("mxnet", mxnet),
+    ("tensorflow", tensorflow),
+    ("keras", keras),
     ("torch-tar", tar),
 ]
 

@@ -21,6 +21,7 @@ import numpy as np
 
 from .. import dtypes
 from .._io.atomic import atomic_file
+from .._tree import MAX_NODES
 from ..errors import UnsupportedObjectError
 
 __all__ = ["write_torch"]
@@ -43,6 +44,7 @@ class _Pickler:
         self.storages: list[np.ndarray[Any, np.dtype[np.uint8]]] = []
         self.memo: dict[int, int] = {}
         self.keep: list[Any] = []  # objects whose id() is memoized must stay alive
+        self.visits = 0
 
     def w(self, b: bytes) -> None:
         self.out.write(b)
@@ -57,6 +59,11 @@ class _Pickler:
         self.w(f"c{module}\n{name}\n".encode("ascii"))
 
     def save(self, x: Any, depth: int) -> None:
+        self.visits += 1
+        if self.visits > MAX_NODES:
+            raise UnsupportedObjectError(
+                f"structure has more than {MAX_NODES:,} values once shared containers are expanded"
+            )
         if depth > 64:
             raise UnsupportedObjectError("structure nested deeper than 64 levels")
         if x is None:
@@ -146,7 +153,11 @@ class _Pickler:
         # The storage: a persistent id ('storage', <class>, key, location, numel).
         self.w(b"(")
         self.str("storage")
-        self.glob("torch", cls or "UntypedStorage")
+        if cls:
+            self.glob("torch", cls)
+        else:
+            # The spelling torch itself writes, and the one weights_only accepts.
+            self.glob("torch.storage", "UntypedStorage")
         self.str(key)
         self.str("cpu")
         self.int(c.size if cls else c.nbytes)
