@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ._foreign import ForeignFile, read_foreign
+from ._gcpause import paused_gc
 from ._io.writer import write_plan
 from ._lazy import FrameworkName, LazyFile
 from ._plan import plan_save
@@ -51,7 +52,8 @@ def save(
     """
     target = Path(path)
     obj, module = _unwrap_module(obj)
-    plan = plan_save(obj, metadata=metadata, module=module)
+    with paused_gc():
+        plan = plan_save(obj, metadata=metadata, module=module)
     if not target.parent.is_dir():
         raise SatchelFileNotFoundError(f"{target}: folder {target.parent} does not exist")
     write_plan(plan, target, progress=reporter(progress, plan.size, f"saving {target.name}"))
@@ -100,25 +102,27 @@ def load(
     """
     fmt = sniffed(path, refine=False)
     if fmt not in _NATIVE:
-        return read_foreign(
-            path,
-            fmt,
-            framework=framework,
-            device=device,
-            dtype=dtype,
-            verify=verify,
-            progress=progress,
-        )
-    try:
-        f = LazyFile(
-            path, mmap=mmap, verify=verify, framework=framework, device=device, dtype=dtype
-        )
-    except FormatError as e:
-        if fmt is None:
-            raise type(e)(f"{e} (and no other format satchel reads matches it)") from e
-        raise
-    with f:
-        return f.load(progress=progress)
+        with paused_gc():
+            return read_foreign(
+                path,
+                fmt,
+                framework=framework,
+                device=device,
+                dtype=dtype,
+                verify=verify,
+                progress=progress,
+            )
+    with paused_gc():
+        try:
+            f = LazyFile(
+                path, mmap=mmap, verify=verify, framework=framework, device=device, dtype=dtype
+            )
+        except FormatError as e:
+            if fmt is None:
+                raise type(e)(f"{e} (and no other format satchel reads matches it)") from e
+            raise
+        with f:
+            return f.load(progress=progress)
 
 
 def open(

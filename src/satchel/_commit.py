@@ -192,8 +192,11 @@ def check_files(folder: Path, record: CommitRecord) -> str | None:
             return f"item {name!r}: {rec.file} is not a regular file"
         if st.st_size != rec.size:
             return f"item {name!r}: {rec.file} is {st.st_size} bytes, record says {rec.size}"
-        if rec.size and _digest(path) != rec.xxh3:
-            return f"item {name!r}: {rec.file} does not match its checksum (corrupt)"
+        try:
+            if rec.size and _digest(path) != rec.xxh3:
+                return f"item {name!r}: {rec.file} does not match its checksum (corrupt)"
+        except FileNotFoundError:  # deleted between lstat and open (a concurrent writer)
+            return f"item {name!r}: file {rec.file} is missing"
     return None
 
 

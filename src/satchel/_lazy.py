@@ -73,6 +73,13 @@ class LazyFile:
         self._device = device
         self._cast = _cast_dtype(dtype)
         self._verified: set[str] = set()
+        self._raw: dict[str, np.ndarray[Any, np.dtype[np.uint8]]] = {}
+        self._torch_ok: bool | None = None
+        # Stored tensors that exactly one leaf uses, as a whole: no storage to share.
+        users: dict[str, int] = {}
+        for leaf in self._manifest.leaves:
+            users[leaf.data] = users.get(leaf.data, 0) + (1 if leaf.strides is None else 2)
+        self._sole = {name for name, n in users.items() if n == 1}
         self._bases: dict[tuple[str, str], Any] = {}
         self._cache: dict[int, Any] = {}
         paths = list(leaf_paths(self._manifest.root, where=self._where))
@@ -143,6 +150,7 @@ class LazyFile:
         self._opened = None
         self._bases.clear()
         self._cache.clear()
+        self._raw.clear()
 
     def __enter__(self) -> LazyFile:
         return self
@@ -169,10 +177,13 @@ class LazyFile:
         return self._opened
 
     def _stored_bytes(self, name: str) -> np.ndarray[Any, np.dtype[np.uint8]]:
-        opened = self._data()
-        entry = opened.header.entry(name)
-        assert entry is not None  # manifest_of checked the names match
-        return opened.data[entry.start : entry.end]
+        raw = self._raw.get(name)
+        if raw is None:
+            opened = self._data()
+            entry = opened.header.entry(name)
+            assert entry is not None  # manifest_of checked the names match
+            raw = self._raw[name] = opened.data[entry.start : entry.end]
+        return raw
 
     def _check(self, name: str) -> None:
         if name in self._verified:
@@ -189,7 +200,9 @@ class LazyFile:
 
     def _framework_of(self, leaf: Leaf) -> str:
         fw = leaf.framework if self._framework == "auto" else self._framework
-        if fw == "torch" and not _torch_available():
+        if fw == "torch" and self._torch_ok is None:
+            self._torch_ok = _torch_available()
+        if fw == "torch" and not self._torch_ok:
             raise FrameworkNotAvailableError(
                 f"{self._where}: array saved from torch but torch is not installed; "
                 "pass framework='numpy' to get NumPy arrays"
@@ -210,9 +223,15 @@ class LazyFile:
         elif fw == "torch":
             from .adapters import torch as torch_adapter
 
-            t = torch_adapter.materialize(
-                self._base(leaf.data, "torch"), leaf.dtype, leaf.shape, leaf.offset, strides
-            )
+            if leaf.data in self._sole and leaf.dtype.name not in _TORCH_VIEW_ONLY:
+                # The common case, a whole stored tensor: one NumPy view, one from_numpy.
+                t = torch_adapter.from_numpy_typed(
+                    np_adapter.materialize(raw, leaf.dtype, leaf.shape, 0, strides)
+                )
+            else:
+                t = torch_adapter.materialize(
+                    self._base(leaf.data, "torch"), leaf.dtype, leaf.shape, leaf.offset, strides
+                )
             out = torch_adapter.finish(
                 t,
                 kind=leaf.kind,
@@ -241,6 +260,10 @@ class LazyFile:
                 # stored tensor is its own allocation when the result is saved again.
                 self._bases[key] = np.frombuffer(raw.data, dtype=np.uint8) if raw.nbytes else raw
         return self._bases[key]
+
+
+# dtypes torch.from_numpy cannot take (NumPy knows them only through ml_dtypes).
+_TORCH_VIEW_ONLY = frozenset({"bfloat16", "float8_e4m3fn", "float8_e5m2"})
 
 
 def _torch_available() -> bool:

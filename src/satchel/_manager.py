@@ -16,6 +16,7 @@ import re
 import secrets
 import shutil
 import threading
+import time
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -401,8 +402,11 @@ class CheckpointManager:
                     vanished = True  # retention of a concurrent writer removed it: not damage
                     continue
                 skipped.append((info.step, problem))
-            if not vanished:
+            # A listing taken while a writer renames (new step in, old step out) may miss both:
+            # directory reads are not atomic. Look again, briefly, before concluding.
+            if not vanished and skipped:
                 break
+            time.sleep(0.005 * (_attempt + 1))
         self._warn(skipped)
         detail = "; ".join(f"step {s}: {why}" for s, why in skipped) or "none saved"
         raise CheckpointNotFoundError(f"{self.root}: no valid checkpoint to restore ({detail})")

@@ -13,7 +13,7 @@ import json
 import math
 import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from .. import dtypes
 from ..errors import FormatError
@@ -40,9 +40,11 @@ ALIGNMENT = 64  # SPEC 1.3: data starts on a 64-byte boundary
 METADATA_KEY = "__metadata__"
 
 
-@dataclass(frozen=True)
-class Entry:
+class Entry(NamedTuple):
     """One stored tensor as the safetensors header declares it; offsets relative to data start."""
+
+    # A NamedTuple, not a frozen dataclass: as immutable, and 3x cheaper to build, which
+    # matters at one per tensor in files of 50,000 tensors.
 
     name: str
     dtype: dtypes.DType
@@ -96,11 +98,13 @@ def json_object(raw: bytes, *, where: str, what: str) -> dict[str, Any]:
     """Parse JSON that must be an object, refusing duplicate keys (SPEC 1.4-1.5)."""
 
     def no_dupes(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for k, v in pairs:
-            if k in out:
-                raise FormatError(f"{where}: {what} has the key {k!r} twice")
-            out[k] = v
+        out = dict(pairs)
+        if len(out) != len(pairs):  # the slow search runs only when there is a duplicate
+            seen: set[str] = set()
+            for k, _ in pairs:
+                if k in seen:
+                    raise FormatError(f"{where}: {what} has the key {k!r} twice")
+                seen.add(k)
         return out
 
     # JSON containers cost ~60 bytes of memory each in Python: bound them before parsing, so a

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass
-from typing import Any, cast, get_args
+from typing import Any, NamedTuple, cast, get_args
 
 from .. import dtypes
 from .._tree import validate_skeleton
@@ -33,12 +34,19 @@ FORMAT_VERSION = 1
 MANIFEST_KEY = "satchel"
 MANIFEST_CHECKSUM_KEY = "satchel.xxh3"
 _FRAMEWORKS = frozenset(get_args(Framework))
+_STORED_KEYS = frozenset({"dtype", "shape", "xxh3"})
+_LEAF_KEYS = frozenset({"framework", "kind", "dtype", "shape", "data"})
+_LEAF_ALLOWED = _LEAF_KEYS | {"offset", "strides", "requires_grad"}
+_HEX16 = re.compile(r"[0-9a-f]{16}")
+_TWO63 = 2**63
 _KINDS = frozenset(get_args(Kind))
 
 
-@dataclass(frozen=True)
-class Stored:
+class Stored(NamedTuple):
     """A stored tensor's true dtype and shape (the header may say U8 bytes) and its checksum."""
+
+    # A NamedTuple, not a frozen dataclass: as immutable, and 3x cheaper to build, which
+    # matters at one per tensor in files of 50,000 tensors.
 
     dtype: dtypes.DType
     shape: tuple[int, ...]
@@ -49,13 +57,15 @@ class Stored:
         return math.prod(self.shape) * self.dtype.itemsize
 
 
-@dataclass(frozen=True)
-class Leaf:
+class Leaf(NamedTuple):
     """One array leaf: which stored tensor holds it, at which byte offset, with which strides.
 
     ``strides`` is ``None`` for a leaf that is its whole stored tensor, else element strides
     of a view into it (SPEC 3.6).
     """
+
+    # A NamedTuple, not a frozen dataclass: as immutable, and 3x cheaper to build, which
+    # matters at one per tensor in files of 50,000 tensors.
 
     framework: Framework
     kind: Kind
@@ -147,31 +157,29 @@ def parse_manifest(text: str, *, where: str) -> Manifest:
 
 
 def _stored(name: str, rec: object, where: str) -> Stored:
-    field = f"{where}: manifest stored[{name!r}]"
-    if not isinstance(rec, dict) or set(rec) != {"dtype", "shape", "xxh3"}:
-        raise FormatError(f"{field} must have exactly dtype, shape, xxh3")
-    dt = _dtype(rec["dtype"], field)
-    shape = _int_list(rec["shape"], f"{field}.shape")
+    # Field names are built only on the error path: this runs once per stored tensor.
+    if not isinstance(rec, dict) or rec.keys() != _STORED_KEYS:
+        raise FormatError(f"{where}: manifest stored[{name!r}] must have exactly {_STORED_KEYS}")
+    dt = _dtype(rec["dtype"], f"{where}: manifest stored[{name!r}]")
+    shape = _shape(rec["shape"], f"{where}: manifest stored[{name!r}].shape")
     digest = rec["xxh3"]
-    if not (isinstance(digest, str) and len(digest) == 16 and _is_hex(digest)):
-        raise FormatError(f"{field}.xxh3 must be 16 lowercase hex digits")
+    if not (isinstance(digest, str) and _HEX16.fullmatch(digest)):
+        raise FormatError(
+            f"{where}: manifest stored[{name!r}].xxh3 must be 16 lowercase hex digits"
+        )
     return Stored(dt, shape, digest)
 
 
 def _leaf(i: int, rec: object, stored: dict[str, Stored], where: str) -> Leaf:
     field = f"{where}: manifest leaves[{i}]"
-    allowed = {"framework", "kind", "dtype", "shape", "data", "offset", "strides", "requires_grad"}
-    if (
-        not isinstance(rec, dict)
-        or not {"framework", "kind", "dtype", "shape", "data"} <= set(rec) <= allowed
-    ):
+    if not isinstance(rec, dict) or not _LEAF_KEYS <= rec.keys() <= _LEAF_ALLOWED:
         raise FormatError(f"{field} must have framework, kind, dtype, shape, data")
     if not isinstance(rec["framework"], str) or rec["framework"] not in _FRAMEWORKS:
         raise FormatError(f"{field}.framework {rec['framework']!r} is not one of {_FRAMEWORKS}")
     if not isinstance(rec["kind"], str) or rec["kind"] not in _KINDS:
         raise FormatError(f"{field}.kind {rec['kind']!r} is not one of {sorted(_KINDS)}")
     dt = _dtype(rec["dtype"], field)
-    shape = _int_list(rec["shape"], f"{field}.shape")
+    shape = _shape(rec["shape"], f"{field}.shape")
     check_addressable(shape, dt.itemsize, f"{field}.shape")
     fw = cast(Framework, rec["framework"])  # both checked against their Literal sets above
     kind = cast(Kind, rec["kind"])
@@ -264,5 +272,11 @@ def _int_list(value: object, field: str, *, signed: bool = False) -> tuple[int, 
     return tuple(_int(v, field, signed=signed) for v in value)
 
 
-def _is_hex(s: str) -> bool:
-    return all(c in "0123456789abcdef" for c in s)
+def _shape(value: object, field: str) -> tuple[int, ...]:
+    """A list of at most 64 non-negative ints below 2^63 (the fast path of ``_int_list``)."""
+    if type(value) is list and len(value) <= 64:
+        shape = tuple(value)
+        # type() is int excludes bool; one pass over a handful of dims.
+        if all(type(v) is int and 0 <= v < _TWO63 for v in shape):
+            return shape
+    return _int_list(value, field)

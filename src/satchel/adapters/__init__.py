@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 
@@ -21,13 +20,15 @@ Framework = Literal["numpy", "torch"]
 Kind = Literal["tensor", "parameter", "scalar", "bytes"]
 
 
-@dataclass(frozen=True)
-class Memory:
+class Memory(NamedTuple):
     """Where an array's elements live, so arrays sharing one allocation can be stored once.
 
     ``offset`` is in bytes from the allocation start, ``strides`` in elements; ``whole()``
     returns the allocation as a flat uint8 NumPy array without copying.
     """
+
+    # A NamedTuple, not a frozen dataclass: as immutable, and 3x cheaper to build, which
+    # matters at one per tensor in files of 50,000 tensors.
 
     key: object
     offset: int
@@ -35,9 +36,11 @@ class Memory:
     whole: Callable[[], np.ndarray[Any, np.dtype[np.uint8]]]
 
 
-@dataclass(frozen=True)
-class ArrayView:
+class ArrayView(NamedTuple):
     """One array leaf as the planner sees it; ``values()`` is C-contiguous (copies if needed)."""
+
+    # A NamedTuple, not a frozen dataclass: as immutable, and 3x cheaper to build, which
+    # matters at one per tensor in files of 50,000 tensors.
 
     framework: Framework
     kind: Kind

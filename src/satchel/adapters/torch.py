@@ -15,7 +15,14 @@ from .. import dtypes
 from ..errors import UnsupportedObjectError
 from . import ArrayView, Kind, Memory
 
-__all__ = ["describe", "finish", "from_numpy_bytes", "materialize", "to_torch_dtype"]
+__all__ = [
+    "describe",
+    "finish",
+    "from_numpy_bytes",
+    "from_numpy_typed",
+    "materialize",
+    "to_torch_dtype",
+]
 
 _TO_NAME: dict[torch.dtype, str] = {
     torch.bool: "bool",
@@ -37,6 +44,9 @@ _TO_NAME: dict[torch.dtype, str] = {
     torch.complex128: "complex128",
 }
 _FROM_NAME = {v: k for k, v in _TO_NAME.items()}
+_DTYPES = {k: dtypes.get(v) for k, v in _TO_NAME.items()}
+# dtypes whose tensors Tensor.numpy() can return directly (bfloat16/float8 it cannot).
+_NUMPY_NATIVE = frozenset(_TO_NAME) - {torch.bfloat16, torch.float8_e4m3fn, torch.float8_e5m2}
 
 
 def to_torch_dtype(dt: dtypes.DType) -> torch.dtype:
@@ -55,25 +65,27 @@ def describe(x: Any, *, where: str) -> ArrayView:
             "supported (dense tensors of bool, ints, floats, bfloat16, float8 and complex are); "
             "convert it with .to_dense() or .to(torch.float32) first"
         )
-    dt = dtypes.by_name(name)
-    assert dt is not None
-    kind: Kind = "parameter" if isinstance(x, torch.nn.Parameter) else "tensor"
+    dt = _DTYPES[x.dtype]
+    # issubclass, not isinstance: Parameter's metaclass makes isinstance ten times slower.
+    kind: Kind = "parameter" if issubclass(type(x), torch.nn.Parameter) else "tensor"
     requires_grad = bool(x.requires_grad)
-    t = x.detach()
+    t = x.detach() if requires_grad else x
     memory: Memory | None = None
-    if t.device.type != "cpu" or t.is_conj() or t.is_neg():
+    if not t.is_cpu or t.is_conj() or t.is_neg():
         t = t.resolve_conj().resolve_neg().cpu()
     else:
         storage = t.untyped_storage()
         memory = Memory(
-            key=("torch", storage.data_ptr(), storage.nbytes()),
-            offset=int(t.storage_offset()) * dt.itemsize,
-            strides=tuple(int(s) for s in t.stride()),
-            whole=lambda: torch.empty(0, dtype=torch.uint8).set_(storage).numpy(),
+            ("torch", storage.data_ptr(), storage.nbytes()),
+            int(t.storage_offset()) * dt.itemsize,
+            tuple(t.stride()),
+            lambda: torch.empty(0, dtype=torch.uint8).set_(storage).numpy(),
         )
-    shape = tuple(int(n) for n in t.shape)
+    shape = tuple(t.shape)
 
     def values() -> np.ndarray[Any, Any]:
+        if x.dtype in _NUMPY_NATIVE and t.is_contiguous():
+            return t.numpy()  # one call, no copy: the common case
         flat = t.contiguous().reshape(-1).view(torch.uint8).numpy()
         return flat.view(dt.numpy).reshape(shape)
 
@@ -128,6 +140,11 @@ def finish(
     if kind == "scalar":
         return t.reshape(())
     return t
+
+
+def from_numpy_typed(arr: np.ndarray[Any, Any]) -> torch.Tensor:
+    """A tensor sharing a (writable, torch-representable) NumPy array's memory."""
+    return torch.from_numpy(arr if arr.flags.writeable else arr.copy())
 
 
 def from_numpy_bytes(arr: np.ndarray[Any, np.dtype[np.uint8]]) -> torch.Tensor:
