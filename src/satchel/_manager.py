@@ -128,6 +128,8 @@ class CheckpointManager:
         self._lock = WriterLock(self.root)
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
+        # The last async snapshot, kept after its write to be copied into by the next one.
+        self._spare: Any = None
 
     @classmethod
     def reader(cls, root: str | os.PathLike[str]) -> CheckpointManager:
@@ -201,7 +203,8 @@ class CheckpointManager:
         if blocking:
             self._write(step, prepared, clean_metrics, overwrite)
             return
-        frozen = snapshot(prepared)
+        frozen = snapshot(prepared, reuse=self._spare)
+        self._spare = None
         self._thread = threading.Thread(
             target=self._background,
             args=(step, frozen, clean_metrics, overwrite),
@@ -220,8 +223,10 @@ class CheckpointManager:
             raise err
 
     def close(self) -> None:
-        """Finish the save in flight and surface its error."""
+        """Finish the save in flight and surface its error; release the snapshot buffers."""
+        self._spare = None
         self.wait()
+        self._spare = None
 
     def __enter__(self) -> CheckpointManager:
         return self
@@ -245,6 +250,8 @@ class CheckpointManager:
             self._write(step, items, metrics, overwrite)
         except BaseException as e:  # surfaced by the next save()/wait()/close()
             self._error = e
+        else:
+            self._spare = items
 
     def _write(
         self, step: int, items: dict[str, Any], metrics: dict[str, float], overwrite: bool
