@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from . import gguf, keras, mxnet, native, npz, numpy, oneflow, tar, tensorflow, torch
+from . import gguf, keras, mxnet, native, npz, numpy, oneflow, orbax, tar, tensorflow, torch
 
 __all__ = ["READERS", "reader"]
 
@@ -23,6 +23,7 @@ READERS: list[tuple[str, ModuleType]] = [
     ("mxnet", mxnet),
     ("tensorflow", tensorflow),
     ("keras", keras),
+    ("orbax", orbax),
     ("torch-tar", tar),
 ]
 
