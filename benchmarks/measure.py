@@ -5,9 +5,11 @@ from __future__ import annotations
 import ctypes
 import gc
 import os
+import signal
 import statistics
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,6 +26,8 @@ class Samples:
 
     values: list[float] = field(default_factory=list)
     error: str | None = None
+    note: str | None = None  # why there are fewer runs than asked for
+    aborted: bool = False  # the one value is a lower bound: the run was stopped at the limit
 
     @property
     def ok(self) -> bool:
@@ -51,34 +55,96 @@ class Case:
     prepare: Callable[[], None] = _nothing
 
 
-def run_rounds(cases: list[Case], reps: int, log: Callable[[str], None]) -> dict[str, Samples]:
-    """Time every case `reps` times, round-robin.
+@dataclass(frozen=True)
+class Limits:
+    """Keeps one pathological peer from stretching the whole run.
 
-    Interleaving spreads drift in disk speed (host caches warming, background writeback) over
-    all peers instead of penalising whichever peer happens to run last.
+    A run longer than `budget` seconds is not repeated; a run still going after `abort`
+    seconds is stopped and its time recorded as a lower bound.
+    """
+
+    budget: float = 20.0
+    abort: float = 60.0
+
+
+class _Aborted(Exception):
+    pass
+
+
+def _raise_aborted(signum: int, frame: object) -> None:
+    raise _Aborted
+
+
+@contextmanager
+def _deadline(seconds: float) -> Iterator[None]:
+    # SIGALRM interrupts Python code between bytecodes: enough for a loader stuck in a slow
+    # Python loop, which is what the limit is for.
+    previous = signal.signal(signal.SIGALRM, _raise_aborted)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def run_rounds(
+    cases: list[Case],
+    reps: int,
+    log: Callable[[str], None],
+    *,
+    warmup: bool = False,
+    limits: Limits = Limits(),
+) -> dict[str, Samples]:
+    """Time every case `reps` times, round-robin, starting each round at the next case.
+
+    Interleaving and rotating spread drift in disk speed (host caches warming, background
+    writeback) over all peers instead of penalising whichever peer runs first or last.
+    `warmup` adds an untimed first round (see `cold_load_phase` in run.py for why); a case that
+    blows the budget keeps its one number even from the warm-up round, and is noted.
     """
     results = {case.key: Samples() for case in cases}
-    for rep in range(reps):
-        for case in cases:
-            samples = results[case.key]
-            if samples.error is not None:
-                continue
-            try:
-                samples.values.append(_time_once(case))
-            except Exception as exc:  # a failing peer must not hide the other peers' numbers
-                samples.error = f"{type(exc).__name__}: {exc}"
-                log(f"  {case.key}: FAILED {samples.error}")
-                continue
-            log(f"  [{rep + 1}/{reps}] {case.key}: {samples.values[-1]:.4f} s")
+    for rep in range(-1 if warmup else 0, reps):
+        start = rep % len(cases)
+        for case in cases[start:] + cases[:start]:
+            tag = "warm-up" if rep < 0 else f"{rep + 1}/{reps}"
+            _record(case, results[case.key], tag, limits=limits, log=log)
     return results
 
 
-def _time_once(case: Case) -> float:
+def _record(
+    case: Case, samples: Samples, tag: str, *, limits: Limits, log: Callable[[str], None]
+) -> None:
+    if samples.error is not None or samples.note is not None:
+        return
+    try:
+        elapsed = _time_once(case, limits.abort)
+    except _Aborted:
+        samples.values, samples.aborted = [limits.abort], True
+        samples.note = f"stopped after {limits.abort:g} s in round {tag}; the true time is longer"
+        log(f"  [{tag}] {case.key}: {samples.note}")
+        return
+    except Exception as exc:  # a failing peer must not hide the other peers' numbers
+        samples.error = f"{type(exc).__name__}: {exc}"
+        log(f"  [{tag}] {case.key}: FAILED {samples.error}")
+        return
+    over = elapsed > limits.budget
+    if tag == "warm-up" and not over:
+        log(f"  [{tag}] {case.key}: {elapsed:.4f} s (discarded)")
+        return
+    samples.values.append(elapsed)
+    log(f"  [{tag}] {case.key}: {elapsed:.4f} s")
+    if over:
+        samples.note = f"run once only: round {tag} took longer than the {limits.budget:g} s budget"
+
+
+def _time_once(case: Case, abort: float) -> float:
     # Collect first: eviction only drops pages that no dead-but-uncollected mapping still holds.
     gc.collect()
     case.prepare()
     start = time.perf_counter()
-    out = case.run()
+    with _deadline(abort):
+        out = case.run()
     elapsed = time.perf_counter() - start
     del out  # freeing the result (munmap, free) is not part of the loader's time
     return elapsed
@@ -127,7 +193,7 @@ def remove_and_settle(path: Path) -> None:
 
 def write_raw(buf: np.ndarray, path: Path) -> None:
     """The raw limit for saving: one sequential write of the bytes, fsync file and directory."""
-    view = memoryview(buf).cast("B")
+    view = buf.data.cast("B")
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
         done = 0
@@ -139,15 +205,13 @@ def write_raw(buf: np.ndarray, path: Path) -> None:
     fsync_dir(path.parent)
 
 
-def read_raw(path: Path, offset: int = 0, nbytes: int | None = None) -> np.ndarray:
-    """The raw limit for loading: read bytes into a fresh buffer, as a copying loader would."""
-    size = os.path.getsize(path) - offset if nbytes is None else nbytes
-    out = np.empty(size, dtype=np.uint8)
-    view = memoryview(out)
+def read_into(path: Path, out: np.ndarray, offset: int = 0) -> np.ndarray:
+    """Read `out.nbytes` bytes of the file, starting at `offset`, into `out`."""
+    view = out.data.cast("B")
     fd = os.open(path, os.O_RDONLY)
     try:
         done = 0
-        while done < size:
+        while done < len(view):
             got = os.preadv(fd, [view[done : done + CHUNK]], offset + done)
             if got == 0:
                 raise EOFError(f"{path}: short read at {offset + done}")
@@ -157,9 +221,19 @@ def read_raw(path: Path, offset: int = 0, nbytes: int | None = None) -> np.ndarr
     return out
 
 
+def prefaulted(nbytes: int) -> np.ndarray:
+    """A buffer whose pages are already mapped in.
+
+    Reading into freshly allocated memory faults its pages in during the copy; on this VM that
+    made 1 GiB reads vary from 0.4 s to 2.7 s, while reads into mapped pages stayed at 0.4-0.5 s.
+    The raw limits read into such a buffer so they measure the disk path, not the allocator.
+    """
+    return np.ones(nbytes, dtype=np.uint8)
+
+
 def warm(path: Path) -> None:
     """Pull the whole file into the page cache."""
-    read_raw(path)
+    read_into(path, np.empty(os.path.getsize(path), dtype=np.uint8))
 
 
 def touch(obj: object) -> object:

@@ -1,7 +1,7 @@
 """The libraries under comparison, each wrapped as save / load / read-one-tensor calls.
 
-Every saver leaves its file durable (file and directory fsynced) before it returns, and every
-loader returns fully materialised data (see `measure.touch`), so all peers do the same work.
+Every saver leaves its file durable (file and directory fsynced) before it returns; the runner
+touches every page of what a loader returns (see `measure.touch`), so all peers do the same work.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import safetensors.torch
 import torch
 from safetensors import safe_open
 
-from measure import fsync_file, read_raw, touch, write_raw
+from measure import fsync_file, prefaulted, read_into, touch, write_raw
 from workloads import Payload
 
 
@@ -47,6 +47,7 @@ class OneReader:
     read: Callable[[Path, str], object]
 
 
+RAW_READ = "raw read (into a pre-faulted buffer)"
 SATCHEL_VERIFIED = "satchel.load(mmap, verify=True)"
 SATCHEL_UNVERIFIED = "satchel.load(mmap, verify=False)"
 TORCH_MMAP = "torch.load(weights_only, mmap)"
@@ -71,7 +72,7 @@ def _safetensors_save(p: Payload, path: Path) -> None:
 
 
 def _numpy_save(p: Payload, path: Path) -> None:
-    np.savez(path, **p.arrays)
+    np.savez(path, allow_pickle=False, **p.arrays)
     fsync_file(path)
 
 
@@ -97,8 +98,13 @@ def _satchel_load(verify: bool) -> Callable[[Path], object]:
     return lambda path: satchel().load(path, mmap=True, verify=verify)
 
 
-LOADERS = [
-    Loader("raw read", "raw", read_raw),
+def raw_loader(nbytes: int) -> Loader:
+    """The raw limit for loading `nbytes`: one sequential read of the file into memory."""
+    buf = prefaulted(nbytes)
+    return Loader(RAW_READ, "raw", lambda path: read_into(path, buf))
+
+
+LIB_LOADERS = [
     Loader("torch.load(weights_only)", "torch", lambda p: torch.load(p, weights_only=True)),
     Loader(TORCH_MMAP, "torch", lambda p: torch.load(p, weights_only=True, mmap=True)),
     Loader("safetensors load_file", "safetensors", safetensors.torch.load_file),
@@ -134,12 +140,14 @@ def _satchel_one(path: Path, name: str) -> object:
 def one_readers(spans: dict[str, tuple[int, int]]) -> list[OneReader]:
     """Readers of one named tensor; the raw limit preads exactly that tensor's bytes."""
 
+    buf = prefaulted(max(nbytes for _, nbytes in spans.values()))
+
     def raw(path: Path, name: str) -> object:
         offset, nbytes = spans[name]
-        return read_raw(path, offset, nbytes)
+        return read_into(path, buf[:nbytes], offset)
 
     return [
-        OneReader("raw pread of the tensor's bytes", "raw", raw),
+        OneReader("raw pread of the tensor's bytes (pre-faulted buffer)", "raw", raw),
         OneReader("torch.load(weights_only)[name]", "torch", _torch_one(mmap=False)),
         OneReader("torch.load(weights_only, mmap)[name]", "torch", _torch_one(mmap=True)),
         OneReader("safetensors safe_open().get_tensor", "safetensors", _safetensors_one),

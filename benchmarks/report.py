@@ -7,7 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from measure import Samples
-from peers import SATCHEL_UNVERIFIED, SATCHEL_VERIFIED
+from peers import RAW_READ, SATCHEL_UNVERIFIED, SATCHEL_VERIFIED
 
 GIB = 1 << 30
 MIB = 1 << 20
@@ -23,7 +23,6 @@ SATCHEL_SAVE = "satchel.save (fsyncs itself)"
 ST_SAVE = "safetensors save_file + fsync"
 RAW_SAVE = "raw write + fsync"
 ST_LOAD = "safetensors load_file"
-RAW_READ = "raw read"
 HASH_REF = "xxh3-64 of the payload in RAM (1 thread)"
 COPY_REF = "memcpy of the payload (np.copyto)"
 
@@ -68,9 +67,10 @@ class Outcome:
     target: str
     satchel: str
     reference: str
-    ratio: float | None
+    ratio: str
     limit: str
-    passed: bool | None  # None: could not be measured
+    passed: bool | None  # None: could not be measured, or a bound that does not decide
+    best: str = "—"  # the same ratio from best-of runs: how much the verdict owes to noise
 
 
 def fmt_time(seconds: float) -> str:
@@ -79,6 +79,13 @@ def fmt_time(seconds: float) -> str:
     if seconds < 1.0:
         return f"{seconds * 1e3:.1f} ms"
     return f"{seconds:.2f} s"
+
+
+def fmt_samples(samples: Samples) -> str:
+    """The median, marked when it is a lower bound (stopped run) or from a single run."""
+    if samples.aborted:
+        return f"≥ {fmt_time(samples.median)}"
+    return fmt_time(samples.median) + (" (1 run)" if samples.note else "")
 
 
 def fmt_bytes(nbytes: int) -> str:
@@ -92,14 +99,18 @@ def _sections(r: Results) -> list[tuple[str, str, str]]:
         "then one byte of every 4 KiB page of every returned tensor is read, so lazy (mmap)"
         " loaders pay for bringing all data in, like eager ones"
     )
-    cold = "The file's pages are evicted (fsync, then `posix_fadvise(DONTNEED)`) before each run"
+    cold = (
+        "The file's pages are evicted (fsync, then `posix_fadvise(DONTNEED)`) before each run,"
+        " after one untimed warm-up round (the VM host caches the disk image; see above)"
+    )
     return [
         (
             "big_save",
             f"{big} — save + fsync",
             "Time from the call until file and directory are fsynced (peers: their save, then"
             " our fsync of file and directory; satchel fsyncs itself). The previous copy is"
-            " deleted and the deletion synced, untimed, before each run.",
+            " deleted and the deletion synced, untimed, before each run; one untimed warm-up"
+            " round comes first.",
         ),
         ("big_load", f"{big} — cold load", f"{cold}; the time covers the load call, {touched}."),
         (
@@ -124,20 +135,34 @@ def _sections(r: Results) -> list[tuple[str, str, str]]:
     ]
 
 
-def _time_table(r: Results, section: str, throughput: bool) -> list[str]:
-    head = "| Call | Median | Best | GiB/s (median) |" if throughput else "| Call | Median | Best |"
-    lines = [head, "|---|---:|---:|---:|" if throughput else "|---|---:|---:|"]
+def _extra_column(r: Results, section: str) -> tuple[str, Callable[[float], str]] | None:
+    """A derived column where it means something: throughput for bulk I/O, cost per tensor."""
+    if section in {"big_save", "big_load", "big_one", "reference"}:
+        nbytes = r.one_bytes if section == "big_one" else r.big_bytes
+        return "GiB/s (median)", lambda t: f"{nbytes / GIB / t:.2f}"
+    if section.startswith("small_"):
+        return "per tensor (median)", lambda t: f"{t / r.small_count * 1e6:.1f} µs"
+    return None
+
+
+def _time_table(r: Results, section: str) -> list[str]:
+    extra = _extra_column(r, section)
+    head = ["Call", "Median", "Best"] + ([extra[0]] if extra else [])
+    lines = ["| " + " | ".join(head) + " |", "|---" + "|---:" * (len(head) - 1) + "|"]
+    notes: list[str] = []
     for label, samples in r.sections.get(section, {}).items():
-        if not samples.ok:
-            cols = [f"`{label}`", f"failed: {samples.error}", ""]
-            lines.append("| " + " | ".join(cols + ([""] if throughput else [])) + " |")
-            continue
-        cols = [f"`{label}`", fmt_time(samples.median), fmt_time(samples.best)]
-        if throughput:
-            nbytes = r.one_bytes if section == "big_one" else r.big_bytes
-            cols.append(f"{nbytes / GIB / samples.median:.2f}")
+        if samples.ok:
+            best = "—" if samples.aborted else fmt_time(samples.best)
+            cols = [f"`{label}`", fmt_samples(samples), best]
+            prefix = "≥ " if samples.aborted else ""
+            cols += [prefix + extra[1](samples.median)] if extra else []
+        else:
+            cols = [f"`{label}`", f"failed: {samples.error}"] + [""] * (len(head) - 2)
+        if samples.note is not None:
+            notes.append(f"[{len(notes) + 1}] `{label}`: {samples.note}.")
+            cols[0] += f" [{len(notes)}]"
         lines.append("| " + " | ".join(cols) + " |")
-    return lines
+    return lines + (["", *notes] if notes else [])
 
 
 def _memory_table(r: Results) -> list[str]:
@@ -156,38 +181,44 @@ def _memory_table(r: Results) -> list[str]:
     return lines
 
 
+def _bounded(ratio: float, limit: float, a: Samples, b: Samples) -> tuple[str, bool | None]:
+    """Ratio text and verdict; a stopped run turns the ratio into a bound that may not decide."""
+    if a.aborted:  # satchel was stopped: a lower bound, decisive only above the limit
+        return f"≥ {ratio:.2f}x", False if ratio > limit else None
+    if b.aborted:  # the reference was stopped: an upper bound, decisive only within the limit
+        return f"≤ {ratio:.2f}x", True if ratio <= limit else None
+    return f"{ratio:.2f}x", ratio <= limit
+
+
 def _ratio(
     r: Results, target: str, num: tuple[str, str], den: tuple[str, str], limit: float
 ) -> Outcome:
     a, b = r.samples(*num), r.samples(*den)
-    if a is None or b is None:
-        return Outcome(target, "n/a", "n/a", None, f"≤ {limit:.2f}x", None)
-    ratio = a.median / b.median
-    return Outcome(
-        target,
-        fmt_time(a.median),
-        f"{fmt_time(b.median)} (`{den[1]}`)",
-        ratio,
-        f"≤ {limit:.2f}x",
-        ratio <= limit,
-    )
+    bound = f"≤ {limit:.2f}x"
+    if a is None or b is None or (a.aborted and b.aborted):
+        return Outcome(target, "n/a", "n/a", "—", bound, None)
+    text, passed = _bounded(a.median / b.median, limit, a, b)
+    reference = f"{fmt_samples(b)} (`{den[1]}`)"
+    best = "—" if a.aborted or b.aborted else f"{a.best / b.best:.2f}x"
+    return Outcome(target, fmt_samples(a), reference, text, bound, passed, best)
 
 
 def _warm_outcome(r: Results) -> Outcome:
     target = f"Warm mmap load of {fmt_bytes(r.big_bytes)} (`verify=False`)"
     warm = r.samples("big_warm", SATCHEL_UNVERIFIED)
     if warm is None:
-        return Outcome(target, "n/a", "—", None, "< 10 ms", None)
-    return Outcome(target, fmt_time(warm.median), "—", None, "< 10 ms", warm.median < 0.010)
+        return Outcome(target, "n/a", "—", "—", "< 10 ms", None)
+    passed = warm.median < 0.010
+    return Outcome(target, fmt_samples(warm), "—", "—", "< 10 ms", passed, fmt_time(warm.best))
 
 
 def _memory_outcome(r: Results) -> Outcome:
     target = "Peak memory while saving, above baseline ÷ state size"
     mem = next((m for m in r.memory if m.label == SATCHEL_SAVE and m.error is None), None)
     if mem is None:
-        return Outcome(target, "n/a", "—", None, "≤ 1.10x", None)
+        return Outcome(target, "n/a", "—", "—", "≤ 1.10x", None)
     peak = fmt_bytes(mem.peak - mem.baseline)
-    return Outcome(target, peak, "—", mem.ratio, "≤ 1.10x", mem.ratio <= 1.10)
+    return Outcome(target, peak, "—", f"{mem.ratio:.2f}x", "≤ 1.10x", mem.ratio <= 1.10)
 
 
 # (target, satchel case, reference case, highest passing ratio); {big}/{small} name the states.
@@ -235,14 +266,12 @@ def _verdict(o: Outcome) -> str:
 
 def _ratio_table(outs: list[Outcome]) -> list[str]:
     lines = [
-        "| Target | satchel | Reference | Ratio | Limit | Result |",
-        "|---|---:|---|---:|---:|:---:|",
+        "| Target | satchel | Reference | Ratio | Limit | Result | Best-of ratio |",
+        "|---|---:|---|---:|---:|:---:|---:|",
     ]
     for o in outs:
-        ratio = "—" if o.ratio is None else f"{o.ratio:.2f}x"
-        lines.append(
-            f"| {o.target} | {o.satchel} | {o.reference} | {ratio} | {o.limit} | {_verdict(o)} |"
-        )
+        cols = [o.target, o.satchel, o.reference, o.ratio, o.limit, _verdict(o), o.best]
+        lines.append("| " + " | ".join(cols) + " |")
     return lines
 
 
@@ -294,7 +323,7 @@ def _load_facts(r: Results) -> str | None:
     ver, unver, raw, hashed = got
     text = (
         f"Big cold load: raw read {fmt_time(raw)}, satchel verify=False {fmt_time(unver)}"
-        f" (read path: page faults on the mapping), verify=True {fmt_time(ver)}; the"
+        f" (map + every page touched), verify=True {fmt_time(ver)}; the"
         f" checksum pass adds {fmt_time(ver - unver)} against {fmt_time(hashed)} for xxh3"
         " in RAM."
     )
@@ -305,8 +334,10 @@ def _load_facts(r: Results) -> str | None:
 
 
 def _per_tensor(r: Results, section: str, label: str) -> str:
-    value = _median(r, section, label)
-    return "n/a" if value is None else f"{value / r.small_count * 1e6:.1f} µs"
+    found = r.samples(section, label)
+    if found is None:
+        return "n/a"
+    return ("≥ " if found.aborted else "") + f"{found.median / r.small_count * 1e6:.1f} µs"
 
 
 def _small_facts(r: Results) -> str:
@@ -362,8 +393,17 @@ def render(r: Results, notes: str) -> str:
         "<!-- Generated by benchmarks/run.py; edit only the lead-notes block below. -->",
         "",
         f"Command: `make bench` (this run: `{r.command}`).",
-        f"Each number is the median of {r.reps} runs (warm mmap load: {r.warm_reps} runs);"
-        " peers run round-robin inside each repetition so drift in disk speed hits all alike.",
+        f"Each number is the median of {r.reps} runs (warm mmap load: {r.warm_reps} runs)."
+        " Peers run round-robin, each round starting at the next peer, so drift in disk speed"
+        ' hits all alike. "Cold" means evicted from this kernel\'s page cache: this is a VM and'
+        " the host caches the disk image, so the first read of a freshly written file is slow by"
+        " a varying amount; saves and cold loads therefore follow one untimed warm-up round.",
+        "",
+        "Raw limits: the write sends the tensors' bytes, concatenated, in 64 MiB `os.write`"
+        " calls, then fsyncs file and directory. The reads `preadv` into a buffer whose pages"
+        " were faulted in beforehand: reading into fresh memory varied from 0.4 s to 2.7 s per"
+        " GiB on this VM, so the limit measures the disk path, not the allocator. Loaders that"
+        " allocate their results (`torch.load` without mmap, `np.load`) do pay that cost.",
         "",
         "## Machine",
         "",
@@ -373,6 +413,9 @@ def render(r: Results, notes: str) -> str:
         "",
         *_ratio_table(outs),
         "",
+        "The verdict uses medians; the best-of column (best run over best run; for the warm"
+        " load, the best time) shows how much a verdict could owe to disk noise.",
+        "",
         "## What limits us where we miss",
         "",
         *_limits_section(r, outs, notes),
@@ -380,8 +423,7 @@ def render(r: Results, notes: str) -> str:
         "## Absolute times",
     ]
     for key, title, what in _sections(r):
-        throughput = key.startswith("big_") or key == "reference"
-        lines += ["", f"### {title}", "", what, "", *_time_table(r, key, throughput)]
+        lines += ["", f"### {title}", "", what, "", *_time_table(r, key)]
     lines += [
         "",
         f"### Peak memory while saving the {fmt_bytes(r.big_bytes)} state",

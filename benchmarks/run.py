@@ -28,6 +28,7 @@ import xxhash
 
 from measure import (
     Case,
+    Limits,
     Samples,
     evict,
     proc_status_bytes,
@@ -38,7 +39,7 @@ from measure import (
     warm,
 )
 from peers import (
-    LOADERS,
+    LIB_LOADERS,
     SATCHEL_UNVERIFIED,
     SATCHEL_VERIFIED,
     SAVERS,
@@ -48,6 +49,7 @@ from peers import (
     OneReader,
     Saver,
     one_readers,
+    raw_loader,
     satchel,
     saver,
 )
@@ -65,6 +67,14 @@ class Config:
     warm_reps: int
     workdir: Path | None
     command: str
+    limits: Limits
+
+    def rounds(
+        self, cases: list[Case], *, reps: int | None = None, warmup: bool = False
+    ) -> dict[str, Samples]:
+        """Time `cases` with this run's repetitions and budget."""
+        count = self.reps if reps is None else reps
+        return run_rounds(cases, count, log, warmup=warmup, limits=self.limits)
 
 
 def log(message: str) -> None:
@@ -76,7 +86,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, help="markdown file to write (default: stdout)")
     parser.add_argument("--size-gib", type=float, help="big state size (default 1.0; quick 1/16)")
     parser.add_argument("--small-count", type=int, help="small tensors (default 50000; quick 5000)")
-    parser.add_argument("--reps", type=int, help="repetitions per case (default 3; quick 1)")
+    parser.add_argument("--reps", type=int, help="repetitions per case (default 7; quick 1)")
+    parser.add_argument(
+        "--budget", type=float, default=20.0, help="seconds; slower cases run once (default 20)"
+    )
+    parser.add_argument(
+        "--abort", type=float, default=60.0, help="seconds; a run is stopped here (default 60)"
+    )
     parser.add_argument("--quick", action="store_true", help="small smoke run")
     parser.add_argument(
         "--workdir", type=Path, help="where temp files go; must be a real disk, not tmpfs"
@@ -89,9 +105,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def make_config(args: argparse.Namespace, argv: list[str]) -> Config:
     size_gib = args.size_gib if args.size_gib is not None else (1 / 16 if args.quick else 1.0)
     small = args.small_count if args.small_count is not None else (5000 if args.quick else 50000)
-    reps = args.reps if args.reps is not None else (1 if args.quick else 3)
+    reps = args.reps if args.reps is not None else (1 if args.quick else 7)
     command = shlex.join(["python", "benchmarks/run.py", *argv])
-    return Config(int(size_gib * GIB), small, reps, 5 if args.quick else 20, args.workdir, command)
+    warm_reps = 5 if args.quick else 20
+    limits = Limits(args.budget, args.abort)
+    return Config(int(size_gib * GIB), small, reps, warm_reps, args.workdir, command, limits)
 
 
 def _mount_of(path: Path) -> tuple[str, str, str]:
@@ -134,13 +152,29 @@ def _version(dist: str) -> str:
         return "not installed"
 
 
+def _git(where: Path, *args: str) -> str:
+    proc = subprocess.run(["git", "-C", str(where), *args], check=False, capture_output=True)
+    return proc.stdout.decode().strip() if proc.returncode == 0 else ""
+
+
+def satchel_source() -> str:
+    """The commit of the satchel code measured: the code changes faster than its version."""
+    try:
+        module = satchel()
+    except ImportError as exc:  # still benchmark the peers; satchel rows will show the error
+        return f"import failed ({exc})"
+    package = Path(module.__file__ or "").parent
+    where = f"{getattr(module, '__version__', '?')} from {package}"
+    commit = _git(package, "rev-parse", "--short", "HEAD")
+    if not commit:
+        return f"{where} (not a git checkout)"
+    dirty = _git(package, "status", "--porcelain", "--", ".")
+    return f"{where}, commit {commit}" + (" plus uncommitted changes" if dirty else "")
+
+
 def machine_info(workdir: Path) -> dict[str, str]:
     import torch
 
-    try:
-        satchel_version = getattr(satchel(), "__version__", None) or _version("satchel")
-    except ImportError as exc:  # still benchmark the peers; satchel rows will show the error
-        satchel_version = f"import failed ({exc})"
     return {
         "Date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "CPU": _cpu_model(),
@@ -151,9 +185,9 @@ def machine_info(workdir: Path) -> dict[str, str]:
         "Python": platform.python_version(),
         "Versions": (
             f"torch {torch.__version__}, numpy {np.__version__},"
-            f" safetensors {_version('safetensors')}, xxhash {xxhash.VERSION},"
-            f" satchel {satchel_version}"
+            f" safetensors {_version('safetensors')}, xxhash {xxhash.VERSION}"
         ),
+        "satchel measured": satchel_source(),
     }
 
 
@@ -179,23 +213,33 @@ def _warm_case(loader: Loader, path: Path) -> Case:
 
 
 def _loader(label: str) -> Loader:
-    return next(loader for loader in LOADERS if loader.label == label)
+    return next(loader for loader in LIB_LOADERS if loader.label == label)
 
 
-def save_phase(payload: Payload, tmp: Path, reps: int) -> dict[str, Samples]:
+def save_phase(payload: Payload, tmp: Path, config: Config) -> dict[str, Samples]:
+    """Saves, after an untimed warm-up round: in trial runs the first round of 1 GiB writes was
+    2-4x slower for every peer alike (the VM host settling), which says nothing about them."""
     cases = [_save_case(s, payload, file_for(tmp, payload, s.file)) for s in SAVERS]
-    return run_rounds(cases, reps, log)
+    return config.rounds(cases, warmup=True)
 
 
-def cold_load_phase(payload: Payload, tmp: Path, reps: int) -> dict[str, Samples]:
-    cases = [_cold_load_case(ld, file_for(tmp, payload, ld.file)) for ld in LOADERS]
-    return run_rounds(cases, reps, log)
+def cold_load_phase(payload: Payload, tmp: Path, config: Config) -> dict[str, Samples]:
+    """Loads with the file evicted from this kernel's page cache.
+
+    On a VM the host also caches the disk image: the first read of a freshly written file can
+    take several times longer than later ones, and by how much varies run to run. An untimed
+    warm-up round gives every peer the same history, so "cold" means: not in this kernel's page
+    cache, and the disk path as it is after one earlier read.
+    """
+    loaders = [raw_loader(payload.nbytes), *LIB_LOADERS]
+    cases = [_cold_load_case(ld, file_for(tmp, payload, ld.file)) for ld in loaders]
+    return config.rounds(cases, warmup=True)
 
 
-def one_tensor_phase(payload: Payload, tmp: Path, name: str, reps: int) -> dict[str, Samples]:
+def one_tensor_phase(payload: Payload, tmp: Path, name: str, config: Config) -> dict[str, Samples]:
     readers = one_readers(payload.spans)
     cases = [_cold_one_case(rd, file_for(tmp, payload, rd.file), name) for rd in readers]
-    return run_rounds(cases, reps, log)
+    return config.rounds(cases)
 
 
 def warm_phase(payload: Payload, tmp: Path, config: Config) -> dict[str, Samples]:
@@ -204,44 +248,46 @@ def warm_phase(payload: Payload, tmp: Path, config: Config) -> dict[str, Samples
     context = [_loader(label) for label in (SATCHEL_VERIFIED, ST_LOAD, TORCH_MMAP)]
     for loader in [lazy, *context]:
         warm(file_for(tmp, payload, loader.file))
-    found = run_rounds([_warm_case(lazy, file_for(tmp, payload, lazy.file))], config.warm_reps, log)
+    found = config.rounds(
+        [_warm_case(lazy, file_for(tmp, payload, lazy.file))], reps=config.warm_reps
+    )
     cases = [_warm_case(ld, file_for(tmp, payload, ld.file)) for ld in context]
-    return found | run_rounds(cases, config.reps, log)
+    return found | config.rounds(cases)
 
 
-def reference_phase(payload: Payload, reps: int) -> dict[str, Samples]:
+def reference_phase(payload: Payload, config: Config) -> dict[str, Samples]:
     """In-RAM costs of hashing and copying the payload: what the disk numbers build on."""
     flat = payload.flat
     target = np.ones_like(flat)  # ones, not empty: pages faulted in before timing
     cases = [
-        Case(HASH_REF, lambda: xxhash.xxh3_64_intdigest(flat)),
+        Case(HASH_REF, lambda: xxhash.xxh3_64_intdigest(flat.data)),
         Case(COPY_REF, lambda: np.copyto(target, flat)),
     ]
-    return run_rounds(cases, reps, log)
+    return config.rounds(cases)
 
 
 def big_phases(config: Config, tmp: Path) -> tuple[dict[str, dict[str, Samples]], Payload, str]:
     started = time.perf_counter()
-    big = transformer_state(config.size_bytes)
+    big = transformer_state(config.size_bytes).materialize()
     elapsed = time.perf_counter() - started
     log(f"built {big.count} tensors, {big.nbytes / GIB:.2f} GiB in {elapsed:.1f} s")
     name = one_tensor_name(big)
     sections = {
-        "big_save": save_phase(big, tmp, config.reps),
-        "big_load": cold_load_phase(big, tmp, config.reps),
-        "big_one": one_tensor_phase(big, tmp, name, config.reps),
+        "big_save": save_phase(big, tmp, config),
+        "big_load": cold_load_phase(big, tmp, config),
+        "big_one": one_tensor_phase(big, tmp, name, config),
         "big_warm": warm_phase(big, tmp, config),
-        "reference": reference_phase(big, config.reps),
+        "reference": reference_phase(big, config),
     }
     return sections, big, name
 
 
 def small_phases(config: Config, tmp: Path) -> tuple[dict[str, dict[str, Samples]], Payload]:
-    small = small_state(config.small_count)
+    small = small_state(config.small_count).materialize()
     log(f"built {small.count} small tensors")
     sections = {
-        "small_save": save_phase(small, tmp, config.reps),
-        "small_load": cold_load_phase(small, tmp, config.reps),
+        "small_save": save_phase(small, tmp, config),
+        "small_load": cold_load_phase(small, tmp, config),
     }
     return sections, small
 
@@ -277,9 +323,17 @@ def _child_memory(kind: str, config: Config, tmp: Path) -> Memory:
     return memory
 
 
+def _loadavg() -> str:
+    return ", ".join(f"{x:.1f}" for x in os.getloadavg())
+
+
 def run_all(config: Config, tmp: Path) -> Results:
     started = time.perf_counter()
     machine = machine_info(tmp)
+    load_before = _loadavg()
+    if os.getloadavg()[0] > 0.5:
+        # Other work on the machine shifts every number; the report records it either way.
+        log(f"WARNING: load average {load_before} before starting; results will be noisy")
     big_sections, big, name = big_phases(config, tmp)
     meta = {"big_bytes": big.nbytes, "big_count": big.count, "one_bytes": big.spans[name][1]}
     del big  # frees ~2x the state before the small phase and the memory children
@@ -287,6 +341,8 @@ def run_all(config: Config, tmp: Path) -> Results:
     small_sections, small = small_phases(config, tmp)
     memory = [_child_memory(kind, config, tmp) for kind in MEMORY_PEERS]
     log(f"total {time.perf_counter() - started:.0f} s")
+    # Load from other processes skews every number; readers need to see it to trust the run.
+    machine["Load average (1, 5, 15 min)"] = f"before: {load_before}; after: {_loadavg()}"
     return Results(
         command=config.command,
         machine=machine,

@@ -513,10 +513,10 @@ class Gate:
         self.entered = threading.Event()
         monkeypatch.setattr(satchel._manager, "write_plan", self)
 
-    def __call__(self, plan: Any, path: Path) -> Any:
+    def __call__(self, plan: Any, path: Path, **kwargs: Any) -> Any:
         self.entered.set()
         assert self.open.wait(30), "gate never opened"
-        return self.real(plan, path)
+        return self.real(plan, path, **kwargs)
 
 
 def test_async_save_holds_the_values_of_the_moment_save_returned(
@@ -607,7 +607,7 @@ def test_background_error_surfaces_on_the_next_call(
     real = satchel._manager.write_plan
     calls = 0
 
-    def failing(plan: Any, path: Path) -> Any:
+    def failing(plan: Any, path: Path, **kwargs: Any) -> Any:
         nonlocal calls
         calls += 1
         if calls == 1:

@@ -269,7 +269,7 @@ class CheckpointManager:
             try:
                 records = {}
                 for name, plan in plans.items():
-                    written = write_plan(plan, tmp / f"{name}.satchel")
+                    written = write_plan(plan, tmp / f"{name}.satchel", file_digest=True)
                     records[name] = ItemRecord(f"{name}.satchel", written.size, written.xxh3)
                 names = tuple(p.name for p in self.policies)
                 write_commit(tmp, CommitRecord.new(step, records, metrics, names))

@@ -35,6 +35,9 @@ __all__ = [
 MAX_HEADER = 100_000_000  # SPEC 1.2, the same cap safetensors uses
 MAX_ENTRIES = 1_000_000  # SPEC 1.6: bounds parse time and memory within the header cap
 MAX_DIMS = 64  # SPEC 2.5
+_TWO63 = 2**63
+_ENTRY_KEYS = frozenset({"dtype", "shape", "data_offsets"})
+_BY_WIRE = {d.wire: d for d in dtypes.DTYPES if d.wire is not None}
 MAX_CONTAINERS = 8_000_000  # SPEC 1.6: JSON objects + arrays (raw '{' and '[' bytes) per header
 ALIGNMENT = 64  # SPEC 1.3: data starts on a 64-byte boundary
 METADATA_KEY = "__metadata__"
@@ -199,6 +202,26 @@ def parse_header(raw: bytes, *, header_len: int, file_size: int, where: str) -> 
 
 
 def _entry(name: str, spec: object, *, where: str) -> Entry:
+    # Fast path: a well-formed entry (the usual case) is checked without building messages.
+    if type(spec) is dict and spec.keys() == _ENTRY_KEYS:
+        wire, shape, offsets = spec["dtype"], spec["shape"], spec["data_offsets"]
+        dt = _BY_WIRE.get(wire) if type(wire) is str else None
+        if (
+            dt is not None
+            and type(shape) is list
+            and len(shape) <= MAX_DIMS
+            and all(type(n) is int and 0 <= n < _TWO63 for n in shape)
+            and type(offsets) is list
+            and len(offsets) == 2
+            and all(type(n) is int and 0 <= n < _TWO63 for n in offsets)
+            and offsets[1] - offsets[0] == math.prod(shape) * dt.itemsize
+            and all(shape)  # zero-size shapes take the full check (addressability)
+        ):
+            return Entry(name, dt, tuple(shape), offsets[0], offsets[1])
+    return _entry_checked(name, spec, where=where)
+
+
+def _entry_checked(name: str, spec: object, *, where: str) -> Entry:
     field = f"{where}: tensor {name!r}"
     if not isinstance(spec, dict) or set(spec) != {"dtype", "shape", "data_offsets"}:
         raise FormatError(f"{field} must be an object with exactly dtype, shape, data_offsets")

@@ -162,6 +162,7 @@ def _stored(name: str, rec: object, where: str) -> Stored:
         raise FormatError(f"{where}: manifest stored[{name!r}] must have exactly {_STORED_KEYS}")
     dt = _dtype(rec["dtype"], f"{where}: manifest stored[{name!r}]")
     shape = _shape(rec["shape"], f"{where}: manifest stored[{name!r}].shape")
+    check_addressable(shape, dt.itemsize, f"{where}: manifest stored[{name!r}].shape")
     digest = rec["xxh3"]
     if not (isinstance(digest, str) and _HEX16.fullmatch(digest)):
         raise FormatError(
@@ -171,6 +172,25 @@ def _stored(name: str, rec: object, where: str) -> Stored:
 
 
 def _leaf(i: int, rec: object, stored: dict[str, Stored], where: str) -> Leaf:
+    # Fast path for the common leaf, a whole stored tensor: everything it says is compared with
+    # the stored record already validated; tuple membership tolerates unhashable values.
+    if type(rec) is dict and rec.keys() == _LEAF_KEYS:
+        data, fw, kind = rec["data"], rec["framework"], rec["kind"]
+        base = stored.get(data) if type(data) is str else None
+        if (
+            base is not None
+            and fw in ("numpy", "torch")
+            and kind in ("tensor", "parameter")
+            and rec["dtype"] == base.dtype.name
+            and type(rec["shape"]) is list
+            and rec["shape"] == list(base.shape)
+            and all(type(n) is int for n in rec["shape"])  # 2.0 == 2, but is not a dimension
+        ):
+            return Leaf(fw, kind, base.dtype, base.shape, data, 0, None, False)
+    return _leaf_checked(i, rec, stored, where)
+
+
+def _leaf_checked(i: int, rec: object, stored: dict[str, Stored], where: str) -> Leaf:
     field = f"{where}: manifest leaves[{i}]"
     if not isinstance(rec, dict) or not _LEAF_KEYS <= rec.keys() <= _LEAF_ALLOWED:
         raise FormatError(f"{field} must have framework, kind, dtype, shape, data")

@@ -27,14 +27,21 @@ class Written:
     xxh3: str
 
 
-def write_plan(plan: Plan, path: Path, *, progress: Progress | None = None) -> Written:
-    """Write ``plan`` atomically to ``path``; the whole-file digest is computed on the way."""
-    digest = xxhash.xxh3_64()
+def write_plan(
+    plan: Plan, path: Path, *, progress: Progress | None = None, file_digest: bool = False
+) -> Written:
+    """Write ``plan`` atomically to ``path``.
+
+    With ``file_digest`` the xxh3-64 of the whole file is computed on the way (the manager's
+    commit record needs it); a plain save skips that second pass over the bytes.
+    """
+    digest = xxhash.xxh3_64() if file_digest else None
     done = 0
 
     def emit(fd: int, data: bytearray | memoryview) -> None:
         nonlocal done
-        digest.update(data)
+        if digest is not None:
+            digest.update(data)
         if progress is None:
             write_all(fd, data)
             done += len(data)
@@ -60,4 +67,4 @@ def write_plan(plan: Plan, path: Path, *, progress: Progress | None = None) -> W
                     pending.clear()
         if pending:
             emit(fd, pending)
-    return Written(plan.size, digest.hexdigest())
+    return Written(plan.size, digest.hexdigest() if digest is not None else "")
