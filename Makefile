@@ -26,6 +26,7 @@ test: lint
 
 bench: $(STAMP)
 	$(PY) benchmarks/run.py --out docs/benchmarks.md
+	$(PY) benchmarks/async_stall.py >> docs/benchmarks.md
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .mypy_cache .ruff_cache
