@@ -6,7 +6,7 @@ The whole public surface is re-exported here; everything else is private.
 from ._api import detect, load, open, save
 from ._convert import convert
 from ._foreign import ForeignFile
-from ._lazy import LazyFile, TensorInfo
+from ._lazy import ArrayFile, LazyFile, TensorInfo
 from ._manager import CheckpointInfo, CheckpointManager, CheckpointWarning, RestoreResult
 from ._rng import capture_rng, restore_rng
 from ._state import LoadReport, Mismatch, load_state
@@ -30,6 +30,7 @@ from .errors import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "ArrayFile",
     "CheckpointExistsError",
     "CheckpointInfo",
     "CheckpointLockedError",

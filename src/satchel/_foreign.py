@@ -8,14 +8,12 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Iterator
 from pathlib import Path
-from types import TracebackType
 from typing import Any, Literal
 
 import numpy as np
 
-from ._lazy import TensorInfo
+from ._lazy import ArrayFile, TensorInfo
 from ._progress import ProgressArg, reporter
 from ._tree import iter_leaves, unique_names
 from .errors import MissingKeyError, SatchelError
@@ -56,7 +54,7 @@ def _framework(framework: str) -> Literal["numpy", "torch"]:
     return "torch" if framework == "torch" else "numpy"
 
 
-class ForeignFile:
+class ForeignFile(ArrayFile):
     """A parsed foreign file: ``keys()``, ``info(name)``, ``ck[name]``, ``load()``."""
 
     def __init__(
@@ -102,18 +100,6 @@ class ForeignFile:
     def checksummed(self) -> bool:
         return False
 
-    def keys(self) -> list[str]:
-        return list(self._index)
-
-    def __contains__(self, name: object) -> bool:
-        return name in self._index
-
-    def __len__(self) -> int:
-        return len(self._index)
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._index)
-
     def info(self, name: str) -> TensorInfo:
         a = self._get(name)
         if isinstance(a, ArrayRef):
@@ -134,14 +120,6 @@ class ForeignFile:
 
     def close(self) -> None:
         self._closed = True
-
-    def __enter__(self) -> ForeignFile:
-        return self
-
-    def __exit__(
-        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         return f"<satchel.ForeignFile {self.format} {self._where!r} {len(self._index)} arrays>"

@@ -8,10 +8,11 @@ already handed out keep the mapping alive and stay valid.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 
@@ -22,6 +23,7 @@ from ._format.validate import xxh3_hex
 from ._io.reader import Opened, open_file
 from ._progress import ProgressArg, reporter
 from ._tree import leaf_paths, unflatten, unique_names
+from .adapters import c_strides
 from .adapters import numpy as np_adapter
 from .errors import (
     FrameworkNotAvailableError,
@@ -31,7 +33,7 @@ from .errors import (
     UsageError,
 )
 
-__all__ = ["FrameworkName", "LazyFile", "TensorInfo"]
+__all__ = ["ArrayFile", "FrameworkName", "LazyFile", "TensorInfo"]
 
 FrameworkName = Literal["auto", "numpy", "torch"]
 
@@ -46,7 +48,44 @@ class TensorInfo:
     framework: str
 
 
-class LazyFile:
+_F = TypeVar("_F", bound="ArrayFile")
+
+
+class ArrayFile:
+    """What ``satchel.open`` returns for any format: names of arrays, read on demand.
+
+    Subclasses fill ``_index`` (name -> where to find the array) and implement ``info``,
+    ``__getitem__``, ``load`` and ``close``.
+    """
+
+    _index: dict[str, Any]
+
+    def keys(self) -> list[str]:
+        """Dotted paths of every array leaf, in structure order (``tensor`` for a lone tensor)."""
+        return list(self._index)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._index
+
+    def __len__(self) -> int:
+        return len(self._index)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._index)
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self: _F) -> _F:
+        return self
+
+    def __exit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+
+class LazyFile(ArrayFile):
     """A validated satchel or safetensors file; tensors are read on first access.
 
     Use as a context manager::
@@ -106,19 +145,6 @@ class LazyFile:
         """Whether this file carries per-tensor checksums (satchel files do; plain ones don't)."""
         return self._opened is not None and self._opened.manifest is not None
 
-    def keys(self) -> list[str]:
-        """Dotted paths of every array leaf, in structure order (``tensor`` for a lone tensor)."""
-        return list(self._index)
-
-    def __contains__(self, name: object) -> bool:
-        return name in self._index
-
-    def __len__(self) -> int:
-        return len(self._index)
-
-    def __iter__(self) -> Any:
-        return iter(self._index)
-
     def info(self, name: str) -> TensorInfo:
         """dtype, shape and byte size of ``name`` without reading its data."""
         leaf = self._leaf(name)
@@ -152,14 +178,6 @@ class LazyFile:
         self._cache.clear()
         self._raw.clear()
 
-    def __enter__(self) -> LazyFile:
-        return self
-
-    def __exit__(
-        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
-
     def __repr__(self) -> str:
         state = "closed" if self._opened is None else f"{len(self._index)} arrays"
         return f"<satchel.LazyFile {self._where!r} {state}>"
@@ -169,7 +187,7 @@ class LazyFile:
         if name not in self._index:
             near = ", ".join(list(self._index)[:5])
             raise MissingKeyError(f"{self._where}: no array named {name!r} (keys start: {near})")
-        return self._manifest.leaves[self._index[name]]
+        return self._manifest.leaves[int(self._index[name])]
 
     def _data(self) -> Opened:
         if self._opened is None:
@@ -217,7 +235,7 @@ class LazyFile:
             self._check(leaf.data)
         fw = self._framework_of(leaf)
         raw = self._base(leaf.data, "numpy")
-        strides = leaf.strides if leaf.strides is not None else _c_strides(leaf.shape)
+        strides = leaf.strides if leaf.strides is not None else c_strides(leaf.shape)
         if leaf.kind == "bytes":
             out: Any = bytes(raw)
         elif fw == "torch":
@@ -272,14 +290,6 @@ def _torch_available() -> bool:
     except ImportError:
         return False
     return True
-
-
-def _c_strides(shape: tuple[int, ...]) -> tuple[int, ...]:
-    out, step = [], 1
-    for n in reversed(shape):
-        out.append(step)
-        step *= max(n, 1)
-    return tuple(reversed(out))
 
 
 def _cast_dtype(dtype: Any) -> dtypes.DType | None:

@@ -14,7 +14,7 @@ import numpy as np
 
 from ..dtypes import DType
 
-__all__ = ["ArrayView", "Framework", "Kind", "Memory", "describe", "is_array"]
+__all__ = ["ArrayView", "Framework", "Kind", "Memory", "c_strides", "describe", "is_array"]
 
 Framework = Literal["numpy", "torch"]
 Kind = Literal["tensor", "parameter", "scalar", "bytes"]
@@ -49,6 +49,15 @@ class ArrayView(NamedTuple):
     requires_grad: bool
     memory: Memory | None
     values: Callable[[], np.ndarray[Any, Any]]
+
+
+def c_strides(shape: tuple[int, ...]) -> tuple[int, ...]:
+    """Row-major element strides for ``shape`` (zero-size dimensions count as 1)."""
+    out, step = [], 1
+    for n in reversed(shape):
+        out.append(step)
+        step *= max(n, 1)
+    return tuple(reversed(out))
 
 
 def _is_torch(x: object) -> bool:

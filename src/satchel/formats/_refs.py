@@ -18,6 +18,7 @@ import numpy as np
 
 from .. import dtypes
 from .._format.header import check_addressable
+from ..adapters import c_strides
 from ..adapters import numpy as np_adapter
 from ..errors import FormatError
 
@@ -88,15 +89,6 @@ class Deferred:
 
     def resolve(self) -> ArrayRef | np.ndarray[Any, Any]:
         raise NotImplementedError
-
-
-def c_strides(shape: tuple[int, ...]) -> tuple[int, ...]:
-    """Row-major element strides for ``shape``."""
-    out, step = [], 1
-    for n in reversed(shape):
-        out.append(step)
-        step *= max(n, 1)
-    return tuple(reversed(out))
 
 
 def make_ref(
