@@ -1,15 +1,14 @@
 """PyTorch ``torch.save`` files without torch: the zip archive and the legacy pickle stream.
 
-Layouts: shared/specs/formats.md §1. The pickle goes through satchel's interpreter with the
-allowlist below (the data-only subset of ``torch/_weights_only_unpickler.py``); storages become
-:class:`~satchel.formats._refs.Storage` slices of the mapped file, so tensors that shared a
-storage in torch share memory here too.
+Layouts: shared/specs/formats.md §1 (the legacy stream reader is in ``torch_legacy``). The
+pickle goes through satchel's interpreter with the allowlist below (the data-only subset of
+``torch/_weights_only_unpickler.py``); storages become :class:`~satchel.formats._refs.Storage`
+slices of the mapped file, so tensors that shared a storage in torch share memory here too.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import struct
 from collections import OrderedDict
 from typing import Any
 
@@ -21,7 +20,7 @@ from ._pickle import Global, unpickle
 from ._refs import ArrayRef, Storage, make_ref
 from ._zip import read_member, zip_members
 
-__all__ = ["ALLOWED", "LEGACY_MAGIC", "TorchStorage", "read_legacy", "read_zip"]
+__all__ = ["ALLOWED", "LEGACY_MAGIC", "TorchStorage", "read_zip"]
 
 LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 _LEGACY_PROTOCOL = 1001
@@ -335,81 +334,6 @@ def _byteswap(raw: np.ndarray[Any, np.dtype[np.uint8]], dt: dtypes.DType) -> Any
     return swapped.view(np.uint8)
 
 
-# -- legacy stream format (torch < 1.6) ---------------------------------------------------------
-def read_legacy(data: np.ndarray[Any, np.dtype[np.uint8]], *, where: str) -> Any:
-    """The object a pre-1.6 ``torch.save`` stream holds (formats.md §1.3).
-
-    Raises:
-        FormatError: wrong magic, protocol, storage table or truncated storage data.
-    """
-    buf = data.data
-    no_globals: dict[tuple[str, str], Global] = {}
-    magic = unpickle(buf, where=where, allowed=no_globals)
-    if magic.value != LEGACY_MAGIC:
-        raise FormatError(f"{where}: not a legacy torch file (magic number mismatch)")
-    proto = unpickle(buf, where=where, allowed=no_globals, start=magic.end)
-    if proto.value != _LEGACY_PROTOCOL:
-        raise FormatError(f"{where}: legacy torch protocol {proto.value!r} is not 1001")
-    info = unpickle(buf, where=where, allowed=no_globals, start=proto.end)
-    if not isinstance(info.value, dict):
-        raise FormatError(f"{where}: legacy sys_info is not a dict")
-    little = info.value.get("little_endian", True)
-    declared: dict[str, TorchStorage] = {}
-
-    def persistent_load(pid: Any) -> TorchStorage:
-        if not (isinstance(pid, tuple) and len(pid) == 6 and pid[0] == "storage"):
-            if isinstance(pid, tuple) and pid and pid[0] == "module":
-                raise UnsafeContentError(
-                    f"{where}: the file pickles a whole nn.Module (source code included); "
-                    "satchel reads tensors only. Save model.state_dict() instead"
-                )
-            raise UnsafeContentError(f"{where}: persistent id {str(pid)[:60]} is not a storage")
-        _, stype, key, _location, numel, view = pid
-        stype = _unwrap(stype)
-        if not isinstance(stype, _StorageType) or not isinstance(key, str):
-            raise FormatError(f"{where}: storage id {str(pid)[:60]} is malformed")
-        if view is not None:
-            raise FormatError(f"{where}: storage views of very old torch files are not supported")
-        if isinstance(numel, bool) or not isinstance(numel, int) or not 0 <= numel < 2**48:
-            raise FormatError(f"{where}: storage {key!r} declares {numel!r} elements")
-        if key not in declared:
-            pending = Storage(None, key, nbytes=numel * stype.dtype.itemsize)
-            declared[key] = TorchStorage(pending, stype.dtype)
-        return declared[key]
-
-    obj = unpickle(
-        buf,
-        where=where,
-        allowed=_ALLOWED_UNWRAPPED,
-        persistent_load=persistent_load,
-        start=info.end,
-    )
-    keys = unpickle(buf, where=where, allowed=no_globals, start=obj.end)
-    if not isinstance(keys.value, list) or set(keys.value) != set(declared):
-        raise FormatError(f"{where}: legacy storage key list does not match the storages used")
-    pos = keys.end
-    for key in keys.value:
-        st = declared[key]
-        if pos + 8 > len(buf):
-            raise FormatError(f"{where}: truncated before storage {key!r}")
-        (numel,) = struct.unpack_from("<q", buf, pos)
-        nbytes = numel * st.dtype.itemsize
-        if nbytes != st.storage.nbytes:
-            raise FormatError(
-                f"{where}: storage {key!r} holds {numel} elements, its id declared "
-                f"{st.storage.nbytes // st.dtype.itemsize}"
-            )
-        pos += 8
-        if pos + nbytes > len(buf):
-            raise FormatError(f"{where}: storage {key!r} is truncated (file ends early)")
-        raw = data[pos : pos + nbytes]
-        st.storage.fill(raw if little else _byteswap(raw, st.dtype))
-        pos += nbytes
-    if pos != len(buf):
-        raise FormatError(f"{where}: {len(buf) - pos} unexplained bytes after the last storage")
-    return obj.value
-
-
 # The interpreter passes Global objects as arguments; storage types and dtypes are values.
 def _unwrapping(g: Global) -> Global:
     if g.call is None:
@@ -457,5 +381,7 @@ def read(path: Any, *, verify: bool = True) -> Any:
     data = map_file(path)
     where = str(path)
     if sniff_legacy(probe(path)):
+        from .torch_legacy import read_legacy
+
         return read_legacy(data, where=where)
     return read_zip(data, where=where)
