@@ -7,9 +7,10 @@ from ._api import detect, load, open, save
 from ._convert import convert
 from ._foreign import ForeignFile
 from ._lazy import ArrayFile, LazyFile, TensorInfo
-from ._manager import CheckpointInfo, CheckpointManager, CheckpointWarning, RestoreResult
+from ._manager import CheckpointManager
 from ._rng import capture_rng, restore_rng
 from ._state import LoadReport, Mismatch, load_state
+from ._steps import CheckpointInfo, CheckpointWarning, RestoreResult
 from ._verify import Problem, VerifyReport, verify
 from .errors import (
     CheckpointExistsError,

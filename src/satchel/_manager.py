@@ -19,7 +19,6 @@ import threading
 import time
 import warnings
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -29,9 +28,17 @@ from ._io.atomic import TMP_MARKER, fsync_dir
 from ._io.writer import write_plan
 from ._lock import WriterLock
 from ._plan import plan_save
-from ._rng import capture_rng, restore_rng
+from ._rng import capture_rng
 from ._snapshot import prepare_item, snapshot
-from ._state import LoadReport, load_state
+from ._steps import (
+    CheckpointInfo,
+    CheckpointWarning,
+    RestoreResult,
+    apply_items,
+    dirname,
+    is_step_dir,
+    step_of,
+)
 from .errors import (
     CheckpointExistsError,
     CheckpointNotFoundError,
@@ -39,53 +46,14 @@ from .errors import (
     UsageError,
 )
 
-__all__ = [
-    "CheckpointInfo",
-    "CheckpointManager",
-    "CheckpointWarning",
-    "RestoreResult",
-    "is_step_dir",
-    "step_of",
-]
+__all__ = ["CheckpointManager"]
 
 # Constructing through CheckpointManager.reader() must not create the root; a context variable
 # keeps that out of the public constructor's signature.
 _create_root: contextvars.ContextVar[bool] = contextvars.ContextVar("create_root", default=True)
-_STEP_DIR = re.compile(r"^step_(\d{1,19})$")
 _ITEM_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}$")
 _EXTRA = "extra"
 _RACE_RETRIES = 5  # re-choose when a concurrent writer deletes the chosen step mid-restore
-
-
-class CheckpointWarning(UserWarning):
-    """A checkpoint was skipped on restore because it is corrupt or incomplete."""
-
-
-@dataclass(frozen=True)
-class CheckpointInfo:
-    """One step folder as a reader sees it; ``problem`` is ``None`` for a valid checkpoint."""
-
-    step: int
-    path: Path
-    record: CommitRecord | None
-    problem: str | None
-
-    @property
-    def valid(self) -> bool:
-        return self.problem is None
-
-
-@dataclass(frozen=True)
-class RestoreResult:
-    """What ``restore`` loaded: the step, its extras and metrics, and what was skipped."""
-
-    step: int
-    path: Path
-    extra: Any
-    metrics: Mapping[str, float]
-    items: Mapping[str, Any]
-    reports: Mapping[str, LoadReport] = field(default_factory=dict)
-    skipped: tuple[tuple[int, str], ...] = ()
 
 
 class CheckpointManager:
@@ -196,7 +164,7 @@ class CheckpointManager:
         if extra is not None:
             prepared[_EXTRA] = extra
         clean_metrics = _metrics(metrics)
-        if not overwrite and (self.root / _dirname(step)).exists():
+        if not overwrite and (self.root / dirname(step)).exists():
             raise CheckpointExistsError(
                 f"{self.root}: step {step} is already saved; pass overwrite=True to replace it"
             )
@@ -259,7 +227,7 @@ class CheckpointManager:
         plans = {name: plan_save(value) for name, value in items.items()}
         with self._lock.hold():
             self._clean_temps()
-            final = self.root / _dirname(step)
+            final = self.root / dirname(step)
             if final.exists() and not overwrite:
                 raise CheckpointExistsError(
                     f"{self.root}: step {step} is already saved; pass overwrite=True"
@@ -353,10 +321,9 @@ class CheckpointManager:
         """Every step folder, oldest first, with its commit record and (if verified) problem."""
         out = []
         for p in sorted(self.root.iterdir(), key=lambda q: q.name):
-            m = _STEP_DIR.match(p.name)
-            if not m or not p.is_dir() or p.is_symlink():
+            step = step_of(p)
+            if step is None or not is_step_dir(p):
                 continue
-            step = int(m.group(1))
             try:
                 record = read_commit(p, expected_step=step)
             except (SatchelError, OSError) as e:
@@ -368,7 +335,7 @@ class CheckpointManager:
 
     def check(self, step: int) -> str | None:
         """Why ``step`` is not a valid checkpoint, or ``None`` when it is."""
-        folder = self.root / _dirname(step)
+        folder = self.root / dirname(step)
         try:
             record = read_commit(folder, expected_step=step)
         except (SatchelError, OSError) as e:
@@ -426,7 +393,7 @@ class CheckpointManager:
         """The commit record and every item, mapped (so a later deletion cannot touch them)."""
         from ._api import load
 
-        folder = self.root / _dirname(step)
+        folder = self.root / dirname(step)
         record = read_commit(folder, expected_step=step)
         items = {name: load(folder / rec.file) for name, rec in record.items.items()}
         return record, items
@@ -439,42 +406,15 @@ class CheckpointManager:
         skipped: tuple[tuple[int, str], ...],
     ) -> RestoreResult:
         record, items = read
-        folder = self.root / _dirname(step)
+        folder = self.root / dirname(step)
         missing = sorted(set(targets) - set(record.items))
         if missing:
             raise CheckpointNotFoundError(
                 f"{folder}: has no item {missing} (items: {sorted(record.items)})"
             )
-        reports: dict[str, LoadReport] = {}
-        for name, target in targets.items():
-            value = items[name]
-            if name == "rng" and target is True:
-                restore_rng(value)
-            elif hasattr(target, "named_parameters"):
-                reports[name] = load_state(target, value)
-            elif hasattr(target, "load_state_dict"):
-                target.load_state_dict(value)
-            elif isinstance(target, dict):
-                reports[name] = load_state(target, value)
-            elif target not in (None, False):
-                raise UsageError(f"restore target {name}={type(target).__name__} is not loadable")
+        reports = apply_items(items, targets)
         extra = items.pop(_EXTRA, None)
         return RestoreResult(step, folder, extra, record.metrics, items, reports, skipped)
-
-
-def is_step_dir(p: Path) -> bool:
-    """Whether ``p`` is named and shaped like a step folder (committed or not)."""
-    return bool(_STEP_DIR.match(p.name)) and p.is_dir() and not p.is_symlink()
-
-
-def step_of(p: Path) -> int | None:
-    """The step a folder's name says, or ``None``."""
-    m = _STEP_DIR.match(p.name)
-    return int(m.group(1)) if m else None
-
-
-def _dirname(step: int) -> str:
-    return f"step_{step:08d}"
 
 
 def _positive(n: int, what: str) -> int:

@@ -115,7 +115,7 @@ def _verify_foreign(p: Path, fmt: str) -> VerifyReport:
 
 def _is_checkpoint_root(p: Path) -> bool:
     from ._lock import LOCK_FILE
-    from ._manager import is_step_dir
+    from ._steps import is_step_dir
 
     return (p / LOCK_FILE).exists() or any(is_step_dir(c) for c in p.iterdir())
 
@@ -131,7 +131,7 @@ def _verify_root(p: Path) -> VerifyReport:
 
 def _verify_step(p: Path) -> VerifyReport:
     from ._commit import check_files, read_commit
-    from ._manager import step_of
+    from ._steps import step_of
 
     step = step_of(p)
     try:
