@@ -56,7 +56,9 @@ def save(
         plan = plan_save(obj, metadata=metadata, module=module)
     if not target.parent.is_dir():
         raise SatchelFileNotFoundError(f"{target}: folder {target.parent} does not exist")
-    write_plan(plan, target, progress=reporter(progress, plan.size, f"saving {target.name}"))
+    # plan.size renders the header once more: only worth it when progress is shown.
+    report = reporter(progress, plan.size, f"saving {target.name}") if progress else None
+    write_plan(plan, target, progress=report)
 
 
 def _unwrap_module(obj: Any) -> tuple[Any, str | None]:

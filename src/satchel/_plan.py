@@ -8,8 +8,9 @@ computes checksums. The writer in ``_io`` only executes the plan.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -33,18 +34,37 @@ __all__ = ["Plan", "plan_save"]
 
 _RESERVED = frozenset({"__metadata__"})
 _U8 = dtypes.get("uint8")
+_PLACEHOLDER = "0" * 16
 
 
 @dataclass(frozen=True)
 class Plan:
-    """Everything the writer needs: the header bytes and each stored tensor's bytes in order."""
+    """What the writer executes: each stored tensor's bytes in file order, and how to render
+    the header once their checksums are known (SPEC 3.7 puts them in the header).
 
-    header: bytes
+    Checksums are fixed-width (16 hex digits), so the header's length does not depend on
+    them: a writer may write the data first and the header last (``header_len`` tells where
+    the data starts).
+    """
+
     chunks: tuple[np.ndarray[Any, np.dtype[np.uint8]], ...]
+    render: Callable[[Sequence[str]], bytes]
+
+    @cached_property
+    def header_len(self) -> int:
+        return len(self.render([_PLACEHOLDER] * len(self.chunks)))
+
+    @property
+    def data_len(self) -> int:
+        return sum(c.nbytes for c in self.chunks)
 
     @property
     def size(self) -> int:
-        return len(self.header) + sum(c.nbytes for c in self.chunks)
+        return self.header_len + self.data_len
+
+    def digests(self) -> list[str]:
+        """xxh3-64 of every chunk, in order (SPEC 3.7)."""
+        return [xxh3_hex(c) for c in self.chunks]
 
 
 @dataclass
@@ -233,18 +253,23 @@ def _layout(
     # SPEC 2.2: larger item sizes first; every size divides the ones before it and each tensor's
     # byte length is a multiple of its item size, so each start stays aligned with no padding.
     ordered = sorted((_padded(s) for s in stores), key=lambda s: -s.align)
-    stored: dict[str, Stored] = {}
     entries: list[Entry] = []
     pos = 0
     for s in ordered:
-        stored[s.name] = Stored(s.dtype, s.shape, xxh3_hex(s.data))
         wire_dt, wire_shape = (s.dtype, s.shape) if s.dtype.wire else (_U8, (s.data.nbytes,))
         entries.append(Entry(s.name, wire_dt, wire_shape, pos, pos + s.data.nbytes))
         pos += s.data.nbytes
-    manifest = encode_manifest(Manifest(skeleton, tuple(leaves), stored, meta, module))
-    header_meta = {
-        **meta,
-        MANIFEST_KEY: manifest,
-        MANIFEST_CHECKSUM_KEY: xxh3_hex(manifest.encode("ascii")),
-    }
-    return Plan(encode_header(entries, header_meta), tuple(s.data for s in ordered))
+
+    def render(digests: Sequence[str]) -> bytes:
+        stored = {
+            s.name: Stored(s.dtype, s.shape, d) for s, d in zip(ordered, digests, strict=True)
+        }
+        manifest = encode_manifest(Manifest(skeleton, tuple(leaves), stored, meta, module))
+        header_meta = {
+            **meta,
+            MANIFEST_KEY: manifest,
+            MANIFEST_CHECKSUM_KEY: xxh3_hex(manifest.encode("ascii")),
+        }
+        return encode_header(entries, header_meta)
+
+    return Plan(tuple(s.data for s in ordered), render)
