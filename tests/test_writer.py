@@ -26,7 +26,7 @@ def _state() -> dict[str, np.ndarray]:
     }
 
 
-def test_data_first_and_sequential_orders_write_identical_bytes(
+def test_spec_7_3_data_first_and_sequential_orders_write_identical_bytes(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     state = _state()
