@@ -52,13 +52,13 @@ def save(
     """
     target = Path(path)
     obj, module = _unwrap_module(obj)
-    with paused_gc():
+    with paused_gc():  # planning and rendering the header build most of satchel's objects
         plan = plan_save(obj, metadata=metadata, module=module)
-    if not target.parent.is_dir():
-        raise SatchelFileNotFoundError(f"{target}: folder {target.parent} does not exist")
-    # plan.size renders the header once more: only worth it when progress is shown.
-    report = reporter(progress, plan.size, f"saving {target.name}") if progress else None
-    write_plan(plan, target, progress=report)
+        if not target.parent.is_dir():
+            raise SatchelFileNotFoundError(f"{target}: folder {target.parent} does not exist")
+        # plan.size renders the header once more: only worth it when progress is shown.
+        report = reporter(progress, plan.size, f"saving {target.name}") if progress else None
+        write_plan(plan, target, progress=report)
 
 
 def _unwrap_module(obj: Any) -> tuple[Any, str | None]:

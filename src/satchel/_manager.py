@@ -24,6 +24,7 @@ from typing import Any, Literal
 
 from . import retention
 from ._commit import CommitRecord, ItemRecord, check_files, read_commit, write_commit
+from ._gcpause import paused_gc
 from ._io.atomic import TMP_MARKER, fsync_dir
 from ._io.writer import write_plan
 from ._lock import WriterLock
@@ -224,8 +225,9 @@ class CheckpointManager:
     def _write(
         self, step: int, items: dict[str, Any], metrics: dict[str, float], overwrite: bool
     ) -> None:
-        plans = {name: plan_save(value) for name, value in items.items()}
-        with self._lock.hold():
+        with paused_gc():
+            plans = {name: plan_save(value) for name, value in items.items()}
+        with self._lock.hold(), paused_gc():
             self._clean_temps()
             final = self.root / dirname(step)
             if final.exists() and not overwrite:
