@@ -275,3 +275,24 @@ def test_open_plain_values_file(tmp_path: Path) -> None:
     with satchel.open(tmp_path / "plain") as ck:
         assert ck.keys() == []
         assert ck.load() == {"a": 1, "b": [None, "x"]}
+
+
+def test_structure_shows_the_nesting_with_tensor_infos_and_reads_no_data(tmp_path: Path) -> None:
+    p = tmp_path / "s"
+    satchel.save({"a": np.zeros((2, 3), np.float32), "b": [np.arange(4), 7, "x"]}, p)
+    raw = bytearray(p.read_bytes())
+    raw[-1] ^= 0xFF  # corrupt data: structure must not need it
+    p.write_bytes(bytes(raw))
+    with satchel.open(p) as f:
+        s = f.structure
+    assert s["a"] == satchel.TensorInfo("float32", (2, 3), 24, "numpy")
+    assert s["b"][0].shape == (4,) and s["b"][1:] == [7, "x"]
+
+
+def test_structure_of_a_foreign_file() -> None:
+    path = Path(__file__).parents[2] / "shared" / "fixtures" / "torch" / "mlp_checkpoint.pt"
+    with satchel.open(path) as f:
+        s = f.structure
+    assert s["epoch"] == 1
+    assert s["model"]["0.weight"].shape == (256, 20)
+    assert s["optimizer"]["param_groups"][0]["betas"] == (0.9, 0.999)

@@ -93,6 +93,26 @@ class ForeignFile(ArrayFile):
         return {"format": self.format}
 
     @property
+    def structure(self) -> Any:
+        """The file's structure with a :class:`TensorInfo` where each array is (no data read)."""
+        infos = {id(a): self.info(name) for name, a in self._index.items()}
+
+        def walk(x: Any, depth: int) -> Any:
+            if isinstance(x, Deferred):
+                x = x.resolve()
+            if isinstance(x, ArrayRef | np.ndarray):
+                return infos.get(id(x), x)
+            if depth > 64:
+                return x
+            if isinstance(x, dict):
+                return type(x)((k, walk(v, depth + 1)) for k, v in x.items())
+            if isinstance(x, list | tuple):
+                return type(x)(walk(v, depth + 1) for v in x)
+            return x
+
+        return walk(self._raw, 0)
+
+    @property
     def module_class(self) -> str | None:
         return None
 

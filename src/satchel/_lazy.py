@@ -136,6 +136,20 @@ class LazyFile(ArrayFile):
         return dict(self._manifest.metadata)
 
     @property
+    def structure(self) -> Any:
+        """The saved structure with a :class:`TensorInfo` where each array is (no data read)."""
+        infos = [
+            TensorInfo(
+                leaf.dtype.name,
+                leaf.shape,
+                int(np.prod(leaf.shape, dtype=object)) * leaf.dtype.itemsize,
+                leaf.framework,
+            )
+            for leaf in self._manifest.leaves
+        ]
+        return unflatten(self._manifest.root, infos.__getitem__, where=self._where)
+
+    @property
     def module_class(self) -> str | None:
         """For a saved ``nn.Module``: its class's import path (never imported by satchel)."""
         return self._manifest.module
