@@ -30,11 +30,11 @@ from ._tree import flatten, unique_names
 from .adapters import ArrayView, describe, is_array
 from .errors import UnsupportedObjectError
 
-__all__ = ["Plan", "plan_save"]
+__all__ = ["PLACEHOLDER_DIGEST", "Plan", "plan_save"]
 
 _RESERVED = frozenset({"__metadata__"})
 _U8 = dtypes.get("uint8")
-_PLACEHOLDER = "0" * 16
+PLACEHOLDER_DIGEST = "0" * 16  # same width as every xxh3-64 hex digest
 
 
 @dataclass(frozen=True)
@@ -52,7 +52,7 @@ class Plan:
 
     @cached_property
     def header_len(self) -> int:
-        return len(self.render([_PLACEHOLDER] * len(self.chunks)))
+        return len(self.render([PLACEHOLDER_DIGEST] * len(self.chunks)))
 
     @property
     def data_len(self) -> int:
