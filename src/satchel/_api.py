@@ -114,17 +114,8 @@ def load(
                 verify=verify,
                 progress=progress,
             )
-    with paused_gc():
-        try:
-            f = LazyFile(
-                path, mmap=mmap, verify=verify, framework=framework, device=device, dtype=dtype
-            )
-        except FormatError as e:
-            if fmt is None:
-                raise type(e)(f"{e} (and no other format satchel reads matches it)") from e
-            raise
-        with f:
-            return f.load(progress=progress)
+    with paused_gc(), _native(path, fmt, mmap, verify, framework, device, dtype) as f:
+        return f.load(progress=progress)
 
 
 def open(
@@ -146,4 +137,25 @@ def open(
         return ForeignFile(
             path, fmt, framework=framework, device=device, dtype=dtype, verify=verify
         )
-    return LazyFile(path, mmap=mmap, verify=verify, framework=framework, device=device, dtype=dtype)
+    with paused_gc():
+        return _native(path, fmt, mmap, verify, framework, device, dtype)
+
+
+def _native(  # noqa: PLR0917 - private: load and open pass their own keywords through
+    path: str | os.PathLike[str],
+    fmt: str | None,
+    mmap: bool,
+    verify: bool,
+    framework: FrameworkName,
+    device: Any,
+    dtype: Any,
+) -> LazyFile:
+    """A LazyFile; when no reader recognised the file, its error says so too."""
+    try:
+        return LazyFile(
+            path, mmap=mmap, verify=verify, framework=framework, device=device, dtype=dtype
+        )
+    except FormatError as e:
+        if fmt is None:
+            raise type(e)(f"{e} (and no other format satchel reads matches it)") from e
+        raise

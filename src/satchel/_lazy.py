@@ -257,7 +257,7 @@ class LazyFile(ArrayFile):
 
             if leaf.data in self._sole and leaf.dtype.name not in _TORCH_VIEW_ONLY:
                 # The common case, a whole stored tensor: one NumPy view, one from_numpy.
-                t = torch_adapter.from_numpy_typed(
+                t = torch_adapter.from_numpy(
                     np_adapter.materialize(raw, leaf.dtype, leaf.shape, 0, strides)
                 )
             else:
@@ -286,7 +286,7 @@ class LazyFile(ArrayFile):
             if fw == "torch":
                 from .adapters import torch as torch_adapter
 
-                self._bases[key] = torch_adapter.from_numpy_bytes(raw)
+                self._bases[key] = torch_adapter.from_numpy(raw)
             else:
                 # A fresh array over the bytes (not a slice of the whole-file array), so each
                 # stored tensor is its own allocation when the result is saved again.

@@ -63,7 +63,7 @@ def verify(path: str | os.PathLike[str], *, progress: ProgressArg = None) -> Ver
         return _verify_root(p)
     if p.is_dir() and (p / "manifest.json").is_file():
         return _verify_step(p)
-    fmt = sniffed(p)
+    fmt = sniffed(p, refine=False)  # _verify_native tells satchel from safetensors itself
     if fmt in (None, "satchel", "safetensors"):
         return _verify_native(p, fmt or "unknown", progress)
     return _verify_foreign(p, fmt)

@@ -18,8 +18,7 @@ from . import ArrayView, Kind, Memory
 __all__ = [
     "describe",
     "finish",
-    "from_numpy_bytes",
-    "from_numpy_typed",
+    "from_numpy",
     "materialize",
     "to_torch_dtype",
 ]
@@ -113,7 +112,7 @@ def materialize(
 
         arr = np_adapter.materialize(flipped, dtype, shape, offset, strides)
         return (
-            from_numpy_bytes(np.ascontiguousarray(arr).reshape(-1).view(np.uint8))
+            from_numpy(np.ascontiguousarray(arr).reshape(-1).view(np.uint8))
             .view(to_torch_dtype(dtype))
             .reshape(shape)
         )
@@ -142,13 +141,8 @@ def finish(
     return t
 
 
-def from_numpy_typed(arr: np.ndarray[Any, Any]) -> torch.Tensor:
-    """A tensor sharing a (writable, torch-representable) NumPy array's memory."""
-    return torch.from_numpy(arr if arr.flags.writeable else arr.copy())
-
-
-def from_numpy_bytes(arr: np.ndarray[Any, np.dtype[np.uint8]]) -> torch.Tensor:
-    """Wrap a flat uint8 array (a slice of the mapped file) as a tensor without copying.
+def from_numpy(arr: np.ndarray[Any, Any]) -> torch.Tensor:
+    """Wrap a NumPy array (a view of the mapped file) as a tensor without copying.
 
     satchel maps files copy-on-write, so its arrays are writable; a read-only array (bytes
     from a pickle) is copied, since torch has no read-only tensors.

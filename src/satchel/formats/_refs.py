@@ -154,7 +154,7 @@ def finalize(
             if framework == "torch":
                 from ..adapters import torch as torch_adapter
 
-                bases[id(storage)] = torch_adapter.from_numpy_bytes(storage.data)
+                bases[id(storage)] = torch_adapter.from_numpy(storage.data)
             else:
                 raw = storage.data
                 bases[id(storage)] = np.frombuffer(raw.data, dtype=np.uint8) if raw.nbytes else raw

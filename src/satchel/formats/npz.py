@@ -53,10 +53,7 @@ def read(path: Path, *, verify: bool = True) -> dict[str, Any]:
 
     where = str(path)
     data = map_file(path)
-    try:
-        members = zip_members(data, where=where)
-    except NotImplementedError as e:  # zipfile: "zip file version 24.4" from a damaged directory
-        raise FormatError(f"{where}: not a readable zip archive ({e})") from e
+    members = zip_members(data, where=where)
     out: dict[str, Any] = {}
     for name, member in members.items():
         if not name.endswith(_SUFFIX):
