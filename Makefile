@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint bench corpus clean
 
 $(STAMP): pyproject.toml requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,12 @@ test: lint
 bench: $(STAMP)
 	$(PY) benchmarks/run.py --out docs/benchmarks.md
 	$(PY) benchmarks/async_stall.py >> docs/benchmarks.md
+
+# Other projects' hostile files (not in the repository), each run as it is and wrapped in every
+# pickle-carrying container, one sandboxed process per case (not part of `make test`).
+CORPUS ?= ../shared/corpora
+corpus: $(STAMP)
+	$(PY) benchmarks/corpus.py $(CORPUS) --jobs 2
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -1,8 +1,8 @@
 """Compare what a reader returned with a fixture's recorded ground truth.
 
-Every genuine fixture in ``shared/fixtures/<framework>/`` has ``<fixture>.expected.json`` (the
+Every genuine fixture in ``tests/fixtures/<framework>/`` has ``<fixture>.expected.json`` (the
 structure the framework's own loader returned, schema ``satchel-fixture-expected/1``, described
-in ``shared/fixtures/README.md``) and ``<fixture>.expected.npz`` (the array values). This module
+in ``tests/fixtures/README.md``) and ``<fixture>.expected.npz`` (the array values). This module
 reads both and checks an object against them, node by node:
 
 * dicts: class (``builtins.dict`` / ``collections.OrderedDict``), key order, key types
@@ -63,7 +63,8 @@ __all__ = [
     "mismatches",
 ]
 
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
+# The one place the tests find their fixtures: tests/fixtures/, inside the checkout.
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
 _SUFFIX = ".expected.json"
 _ROOT = "<root>"
 
@@ -97,11 +98,19 @@ class Truth:
 
 
 def fixture_paths(framework: str | None = None) -> list[Path]:
-    """Every fixture (file or folder) under ``FIXTURES[/framework]`` that has ground truth."""
+    """Every fixture (file or folder) under ``FIXTURES[/framework]`` that has ground truth.
+
+    Raises:
+        FileNotFoundError: the folder is missing or holds no fixture, so that a lost fixture
+            fails the tests parametrized over this list instead of leaving them empty (skipped).
+    """
     base = FIXTURES / framework if framework else FIXTURES
-    return sorted(
+    found = sorted(
         p.with_name(p.name[: -len(_SUFFIX)]) for p in base.rglob(f"*{_SUFFIX}") if p.is_file()
     )
+    if not found:
+        raise FileNotFoundError(f"{base}: no fixture with ground truth (*{_SUFFIX}) found")
+    return found
 
 
 def load_truth(fixture: str | Path) -> Truth:

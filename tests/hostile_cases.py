@@ -41,7 +41,7 @@ __all__ = [
     "xxh",
 ]
 
-#: SPEC-independent boundary values every integer field is tried with (security.md C1.2);
+#: SPEC-independent boundary values every integer field is tried with (edges of 8, 32, 53, 64 bits);
 #: ``len - 1``, ``len`` and ``len + 1`` are added per file, since they depend on its size.
 BOUNDARY = (0, 1, 7, 8, 2**31 - 1, 2**31, 2**32, 2**53 + 1, 2**63 - 1, 2**63, 2**64 - 1)
 

@@ -21,13 +21,13 @@ import numpy as np
 import pytest
 
 import satchel
+from fixture_truth import FIXTURES
 from satchel._cli import main
 from satchel._cli._compare import compare
 from satchel._cli._diff import layer_of
 from satchel._cli._stats import tensor_stats
 
 REPO = Path(__file__).resolve().parents[1]
-FIXTURES = Path("/work/shared/fixtures")
 ESC = "\x1b["
 
 
@@ -166,12 +166,20 @@ def test_error_with_json_also_prints_a_json_error_document(tmp_path: Path) -> No
     assert "no such file" in doc["error"]["message"]
 
 
+def test_json_error_names_the_file_and_field_as_data(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes((50).to_bytes(8, "little") + b'{"w": {"dtype": "F32", "shape": [2], "x": 1}}')
+    doc = run_json("inspect", bad, code=2, subprocess=True)
+    assert doc["error"]["type"] == "FormatError"
+    assert doc["error"]["path"] == str(bad)
+
+
 def test_unrecognised_file_says_what_is_wrong(tmp_path: Path) -> None:
     junk = tmp_path / "junk.bin"
     junk.write_bytes(b"definitely not a tensor file" * 4)
     r = cli("inspect", junk)
     assert r.returncode == 2 and r.stderr.count("\n") == 1
-    assert "no other format satchel reads matches it" in r.stderr
+    assert "not a format satchel reads" in r.stderr
 
 
 def test_pipes_and_no_color_give_no_ansi_escapes(files: dict[str, Path]) -> None:
@@ -262,7 +270,7 @@ def test_inspect_torch_fixture_without_torch_code() -> None:
     assert "epoch = 1" in r.stdout and "lr" in r.stdout
     doc = run_json("inspect", pt)
     assert doc["format"] == "torch" and doc["totals"]["tensors"] == 16
-    assert doc["checksummed"] is False
+    assert doc["checksummed"] is True  # every zip member's CRC-32 is checked on read
 
 
 @pytest.mark.parametrize("name", ["mlp_state_dict", "mlp_checkpoint", "legacy_snapshot"])
@@ -318,6 +326,8 @@ def test_verify_foreign_fixtures() -> None:
     r = cli("verify", needs(FIXTURES / "safetensors" / "mlp.safetensors"))
     assert r.returncode == 0 and "no checksums" in r.stdout
     doc = run_json("verify", needs(FIXTURES / "torch" / "mlp_state_dict.pt"))
+    assert doc["status"] == "ok" and doc["checksummed"] is True  # zip CRC-32 per member
+    doc = run_json("verify", needs(FIXTURES / "numpy" / "mlp.npz"))
     assert doc["status"] == "ok" and doc["checksummed"] is False
 
 

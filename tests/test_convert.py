@@ -341,7 +341,7 @@ def test_synthetic_to_torch_differential(tmp_path: Path, synthetic_src: Path) ->
     assert theirs["nested"]["list"][4] == b"four\x00\xff"
 
 
-# dtypes torch pickles through _rebuild_tensor_v3 with an UntypedStorage (formats.md §1.1).
+# dtypes torch pickles via _rebuild_tensor_v3 and an UntypedStorage (docs/formats.md#torch-pickle)
 V3_ARRAYS = {
     "uint16": np.array([0, 1, 65535], dtype=np.uint16),
     "uint32": np.array([[2**32 - 1, 7]], dtype=np.uint32),

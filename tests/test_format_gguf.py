@@ -1,8 +1,8 @@
 """GGUF without ``gguf``: the gguf-py fixture, a test writer for every type, hostile headers.
 
-shared/fixtures/gguf/mlp.gguf was written by gguf 0.19.0; its ``.expected.json`` holds what
+tests/fixtures/gguf/mlp.gguf was written by gguf 0.19.0; its ``.expected.json`` holds what
 ``gguf.GGUFReader`` returned. Other files come from ``gguf_file`` below, a small writer that
-follows formats.md §7 byte for byte, so each hostile case changes exactly one field.
+follows docs/formats.md#gguf byte for byte, so each hostile case changes exactly one field.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import ml_dtypes
 import numpy as np
 import pytest
 
+import fixture_truth
 import satchel
 from satchel.formats import gguf as gguf_reader
 
@@ -25,7 +26,7 @@ try:  # tests/ as a package or as a plain folder on sys.path
 except ImportError:
     import hostile_cases as hc
 
-FIXTURE = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "gguf" / "mlp.gguf"
+FIXTURE = fixture_truth.FIXTURES / "gguf" / "mlp.gguf"
 CODES = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "B", 10: "Q", 11: "q", 12: "d"}
 TYPE_NAMES = {"UINT8": 0, "INT8": 1, "UINT16": 2, "INT16": 3, "UINT32": 4, "INT32": 5,
               "FLOAT32": 6, "BOOL": 7, "STRING": 8, "ARRAY": 9, "UINT64": 10, "INT64": 11,
@@ -105,7 +106,7 @@ def small() -> bytes:
 # -- ground truth -------------------------------------------------------------------------------
 def test_fixture_matches_gguf_reader() -> None:
     if not FIXTURE.exists():
-        pytest.fail(f"shared fixture {FIXTURE} is not present")
+        pytest.fail(f"fixture {FIXTURE} is not present")
     doc = json.loads(FIXTURE.with_name("mlp.gguf.expected.json").read_text())
     with np.load(FIXTURE.with_name("mlp.gguf.expected.npz"), allow_pickle=False) as z:
         arrays = {k: z[k] for k in z.files}
@@ -134,7 +135,7 @@ def test_fixture_matches_gguf_reader() -> None:
 
 def test_fixture_tensors_are_views_of_the_file() -> None:
     if not FIXTURE.exists():
-        pytest.fail(f"shared fixture {FIXTURE} is not present")
+        pytest.fail(f"fixture {FIXTURE} is not present")
     doc = json.loads(FIXTURE.with_name("mlp.gguf.expected.json").read_text())
     raw = gguf_reader.read(FIXTURE)
     mapped = raw["tensors"]["fc0.weight"].storage.data
@@ -216,7 +217,7 @@ def test_detection_ignores_extensions(tmp_path: Path) -> None:
         assert detect(put(tmp_path, small(), alias)) == "gguf"
 
 
-# -- hostile inputs (security.md D53-D62) -------------------------------------------------------
+# -- hostile inputs (docs/formats.md#hostile-numbers, N1-N9) -------------------------------------
 def refuse(tmp_path: Path, blob: bytes, match: str) -> None:
     path = put(tmp_path, blob)
     with pytest.raises(satchel.SatchelError) as info:
@@ -297,7 +298,7 @@ def test_every_truncation_is_a_format_error(tmp_path: Path) -> None:
 
 def test_fixture_truncations_and_flips_raise_only_satchel_errors() -> None:
     if not FIXTURE.exists():
-        pytest.fail(f"shared fixture {FIXTURE} is not present")
+        pytest.fail(f"fixture {FIXTURE} is not present")
     blob = FIXTURE.read_bytes()
     # The last tensor ends at byte 27048; only its trailing padding may be cut.
     cuts = [*range(0, 1024), *range(1024, 27048, 97), 27047]

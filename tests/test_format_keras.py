@@ -1,6 +1,6 @@
-"""Keras files (formats.md §5): genuine fixtures against their ground truth, HDF5 and zip hostiles.
+"""Keras files (docs/formats.md#keras): genuine fixtures and their ground truth, hostile HDF5/zips.
 
-Ground truth: ``shared/fixtures/keras/<fixture>.expected.{json,npz}`` (h5py + zipfile + json,
+Ground truth: ``tests/fixtures/keras/<fixture>.expected.{json,npz}`` (h5py + zipfile + json,
 cross-checked by the fixture scripts against ``keras.saving.load_model``/``load_weights``).
 """
 
@@ -22,6 +22,7 @@ import ml_dtypes
 import numpy as np
 import pytest
 
+import fixture_truth
 import satchel
 from satchel.errors import (
     FormatError,
@@ -31,8 +32,8 @@ from satchel.errors import (
 from satchel.formats import keras as keras_reader
 from satchel.formats.detect import sniffed
 
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "keras"
-assert FIXTURES.is_dir(), f"{FIXTURES}: ../shared/fixtures must sit beside the checkout"
+FIXTURES = fixture_truth.FIXTURES / "keras"
+assert FIXTURES.is_dir(), f"{FIXTURES}: the Keras fixtures are missing from tests/fixtures"
 FIXTURE_NAMES = ["mlp.keras", "mlp.weights.h5", "mlp_legacy.h5"]
 
 
@@ -181,7 +182,7 @@ def test_other_dataset_kinds(tmp_path: Path) -> None:
     assert got["empty"] is None and got["packed"].sum() == 64 * 64
 
 
-# -- hostile HDF5 (security.md rows 30, 32, 53, 64) -----------------------------------------------
+# -- hostile HDF5 (docs/formats.md#hostile-containers, Z7 and Z8) --------------------------------
 def hostile_h5(path: Path, build: Any) -> Path:
     h5py = h5py_or_skip()
     with h5py.File(path, "w") as f:
@@ -305,7 +306,7 @@ def test_missing_h5py_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.Monke
         satchel.load(path)
 
 
-# -- hostile .keras zips (security.md rows 19, 27, 30, 37, 39, 51) -------------------------------
+# -- hostile .keras zips (docs/formats.md#keras-zip: rules P11, Z1, Z3; strict JSON) -------------
 def keras_zip(path: Path, members: dict[str, bytes]) -> Path:
     with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as z:
         for name, data in members.items():

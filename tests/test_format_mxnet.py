@@ -1,10 +1,10 @@
 """MXNet without MXNet: the mxnet 1.9.1 fixtures, every record generation, trainer-state pickles.
 
-The fixtures in shared/fixtures/mxnet were written by mxnet 1.9.1; ``.expected.json`` /
+The fixtures in tests/fixtures/mxnet were written by mxnet 1.9.1; ``.expected.json`` /
 ``.expected.npz`` hold what ``mx.nd.load`` (or ``pickle.loads`` for ``.states``) returned. Other
-files come from the record writer below (formats.md §2.1-2.2), and trainer-state pickles from
-stand-in classes registered under MXNet's module names, so ``pickle`` writes the same globals a
-real ``Trainer.save_states`` does at every protocol.
+files come from the record writer below (docs/formats.md#mxnet-list, #mxnet-record), and
+trainer-state pickles from stand-in classes registered under MXNet's module names, so ``pickle``
+writes the same globals a real ``Trainer.save_states`` does at every protocol.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ import ml_dtypes
 import numpy as np
 import pytest
 
+import fixture_truth
 import satchel
 from satchel.formats import mxnet as mx_reader
 
@@ -31,7 +32,7 @@ try:  # tests/ as a package or as a plain folder on sys.path
 except ImportError:
     import hostile_cases as hc
 
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "mxnet"
+FIXTURES = fixture_truth.FIXTURES / "mxnet"
 LISTS = ["mlp.params", "mlp_export-0001.params", "list.nd", "mixed.nd", "np_semantics.npx"]
 V1, V2, V3 = 0xF993FAC8, 0xF993FAC9, 0xF993FACA
 FLAGS = [np.float32, np.float64, np.float16, np.uint8, np.int32, np.int8, np.int64, np.bool_,
@@ -41,7 +42,7 @@ FLAGS = [np.float32, np.float64, np.float16, np.uint8, np.int32, np.int8, np.int
 def fixture(name: str) -> Path:
     p = FIXTURES / name
     if not p.exists():
-        pytest.fail(f"shared fixture {p} is not present")
+        pytest.fail(f"fixture {p} is not present")
     return p
 
 
@@ -120,12 +121,100 @@ def test_states_fixture_matches_pickle_loads_under_mxnet() -> None:
     assert opt["_index_update_count"] is opt["_all_index_update_counts"][0]
 
 
-def test_symbol_json_is_not_a_checkpoint() -> None:
+def test_symbol_json_loads_as_plain_data_matching_mx_sym_load() -> None:
+    """Issue 8.6d: a -symbol.json is a graph, read as what mx.sym.load lists (nothing run)."""
     from satchel.formats.detect import sniffed
 
-    assert sniffed(fixture("mlp_export-symbol.json")) is None
-    with pytest.raises(satchel.FormatError):
-        satchel.load(fixture("mlp_export-symbol.json"))
+    path = fixture("mlp_export-symbol.json")
+    assert sniffed(path) == "mxnet"
+    doc = json.loads(fixture("mlp_export-symbol.json.expected.json").read_text())
+    got = satchel.load(path)
+    assert list(got) == ["list_arguments", "list_auxiliary_states", "list_outputs", "nodes"]
+    check({k: got[k] for k in list(got)[:3]}, doc["root"], {})
+    raw = json.loads(path.read_text())
+    assert [n["name"] for n in got["nodes"]] == [n["name"] for n in raw["nodes"]]
+    assert got["nodes"][3] == {
+        "op": "FullyConnected",
+        "name": "dense0_fwd",
+        "attrs": {"flatten": "True", "no_bias": "False", "num_hidden": "256"},
+        "inputs": [[0, 0, 0], [1, 0, 0], [2, 0, 0]],
+    }
+    with satchel.open(path) as f:
+        assert f.keys() == []
+
+
+def _symbol(nodes: list[dict[str, Any]], heads: list[list[int]]) -> bytes:
+    args = [i for i, n in enumerate(nodes) if n["op"] == "null"]
+    version = {"mxnet_version": ["int", 10901]}
+    doc = {"nodes": nodes, "arg_nodes": args, "heads": heads, "attrs": version}
+    return json.dumps(doc, indent=2).encode()
+
+
+def _var(name: str) -> dict[str, Any]:
+    return {"op": "null", "name": name, "inputs": []}
+
+
+def test_symbol_batchnorm_moving_stats_are_auxiliary_states(tmp_path: Path) -> None:
+    """FMutateInputs of BatchNorm (inputs 3, 4) makes them aux states; DFS order as nnvm lists."""
+    nodes = [
+        _var("data"), _var("bn_gamma"), _var("bn_beta"), _var("bn_moving_mean"),
+        _var("bn_moving_var"),
+        {"op": "BatchNorm", "name": "bn", "attrs": {"eps": "1e-5"},
+         "inputs": [[0, 0, 0], [1, 0, 0], [2, 0, 0], [3, 0, 1], [4, 0, 1]]},
+        _var("unused"),
+        {"op": "SliceChannel", "name": "split", "attrs": {"num_outputs": "2"},
+         "inputs": [[5, 0, 0]]},
+    ]  # fmt: skip
+    path = tmp_path / "net-symbol.json"
+    path.write_bytes(_symbol(nodes, [[7, 0, 0], [7, 1, 0], [5, 1, 0], [0, 0, 0]]))
+    got = satchel.load(path)
+    assert got["list_arguments"] == ["data", "bn_gamma", "bn_beta"]
+    assert got["list_auxiliary_states"] == ["bn_moving_mean", "bn_moving_var"]
+    assert got["list_outputs"] == ["split_output0", "split_output1", "bn_mean", "data"]
+
+
+def test_symbol_strings_are_never_evaluated(tmp_path: Path) -> None:
+    evil = {"op": "os.system", "name": "x", "attrs": {"cmd": "rm -rf /"}, "inputs": [[0, 0, 0]]}
+    nodes = [_var("__import__('os').system('false')"), evil]
+    path = tmp_path / "evil-symbol.json"
+    path.write_bytes(_symbol(nodes, [[1, 0, 0]]))
+    got = satchel.load(path)
+    assert got["list_arguments"] == ["__import__('os').system('false')"]
+    assert got["list_outputs"] == ["x_output"]
+    assert got["nodes"][1]["attrs"] == {"cmd": "rm -rf /"}
+
+
+@pytest.mark.parametrize(
+    ("nodes", "heads", "what"),
+    [
+        (
+            [_var("a"), {"op": "relu", "name": "r", "inputs": [[2, 0, 0]]}, _var("b")],
+            [[1, 0, 0]],
+            "input",
+        ),  # a forward reference: nnvm saves in topological order, so never a cycle
+        ([_var("a")], [[5, 0, 0]], "heads"),
+        ([_var("a")], [], "no heads"),
+        ([{"op": 1, "name": "a", "inputs": []}], [[0, 0, 0]], "strings"),
+        ([{"op": "null", "name": "a", "attrs": {"x": 1}, "inputs": []}], [[0, 0, 0]], "strings"),
+        ([{"op": "null", "name": "a", "inputs": [[0, True, 0]]}], [[0, 0, 0]], "input"),
+    ],
+)
+def test_symbol_malformed_graphs_raise_format_error(
+    tmp_path: Path, nodes: list[Any], heads: list[Any], what: str
+) -> None:
+    path = tmp_path / "bad-symbol.json"
+    path.write_bytes(_symbol(nodes, heads))
+    with pytest.raises(satchel.FormatError, match=what):
+        satchel.load(path)
+
+
+def test_symbol_json_truncated_is_a_format_error(tmp_path: Path) -> None:
+    raw = fixture("mlp_export-symbol.json").read_bytes()
+    for cut in (60, len(raw) // 2, len(raw) - 3):
+        path = tmp_path / f"cut{cut}-symbol.json"
+        path.write_bytes(raw[:cut])
+        with pytest.raises(satchel.FormatError):
+            satchel.load(path)
 
 
 def test_fixtures_load_as_torch_and_open_lazily() -> None:
@@ -368,7 +457,7 @@ def test_malformed_ndarray_states_are_format_errors(
         satchel.load(put(tmp_path, blob))
 
 
-# -- hostile list files (security.md D53-D61) ----------------------------------------------------
+# -- hostile list files (docs/formats.md#hostile-numbers, N1-N8) ---------------------------------
 A = np.arange(3, dtype=np.float32)
 CASES: dict[str, tuple[bytes, str]] = {
     "bad magic": (struct.pack("<QQQ", 0x113, 0, 0), "list magic"),

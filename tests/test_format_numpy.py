@@ -1,6 +1,6 @@
 """NumPy ``.npy`` / ``.npz`` without ``np.load``: ground truth, differential and hostile tests.
 
-The fixtures in shared/fixtures/numpy were written by numpy 2.4.6; their ``.expected.json`` /
+The fixtures in tests/fixtures/numpy were written by numpy 2.4.6; their ``.expected.json`` /
 ``.expected.npz`` record what ``np.load`` returned. Every other file here is built in the test
 (np.save / np.savez for differential checks, raw bytes for hostile headers).
 """
@@ -21,6 +21,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import fixture_truth
 import satchel
 from satchel.formats import detect
 from satchel.formats import npz as npz_reader
@@ -31,7 +32,7 @@ try:  # tests/ as a package or as a plain folder on sys.path
 except ImportError:
     import hostile_cases as hc
 
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "numpy"
+FIXTURES = fixture_truth.FIXTURES / "numpy"
 NPY = ["w0.npy", "w0_fortran.npy", "big_endian.npy", "scalar.npy", "structured.npy"]
 NPZ = ["mlp.npz", "mlp_compressed.npz"]
 
@@ -39,7 +40,7 @@ NPZ = ["mlp.npz", "mlp_compressed.npz"]
 def fixture(name: str) -> Path:
     p = FIXTURES / name
     if not p.exists():
-        pytest.fail(f"shared fixture {p} is not present")
+        pytest.fail(f"fixture {p} is not present")
     return p
 
 
@@ -137,7 +138,7 @@ def test_fortran_and_big_endian_load_as_torch_tensors() -> None:
 
 def test_arrays_are_views_of_the_file_not_copies() -> None:
     raw = npy_reader.read(fixture("w0.npy"))
-    assert isinstance(raw, satchel.formats._refs.ArrayRef)
+    assert isinstance(raw, satchel._read.refs.ArrayRef)
     assert raw.storage.data.base is not None  # a slice of the mapped file
 
 
@@ -218,7 +219,7 @@ def test_npz_differential(tmp_path: Path, names: list[str], compressed: bool, se
             assert_same_array(got[k], want[k], k)
 
 
-# -- hostile inputs (security.md A20, A22, C47, D63) --------------------------------------------
+# -- hostile inputs (docs/formats.md#hostile-input: P10, P12, N3, N10) ----------------------------
 def npy(header: str, data: bytes = b"", *, version: tuple[int, int] = (1, 0)) -> bytes:
     text = header.encode("utf-8" if version[0] == 3 else "latin-1")
     size = len(text).to_bytes(2 if version[0] == 1 else 4, "little")

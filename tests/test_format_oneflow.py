@@ -1,6 +1,6 @@
-"""OneFlow checkpoints without OneFlow: all three generations (shared/specs/formats.md §3).
+"""OneFlow checkpoints without OneFlow: all three generations (docs/formats.md#oneflow).
 
-Ground truth: ``shared/fixtures/oneflow/<fixture>.expected.{json,npz}`` (``oneflow.load`` under
+Ground truth: ``tests/fixtures/oneflow/<fixture>.expected.{json,npz}`` (``oneflow.load`` under
 oneflow 0.9.0; the single file is EMULATED, see the fixture README), compared through
 ``fixture_truth``. The legacy snapshot's key order is ``os.listdir`` order in OneFlow, so its
 keys are compared as a set (its ``notes`` say so). Beyond the fixtures: hand-made snapshot
@@ -292,8 +292,9 @@ def _text(value: str) -> bytes:
 
 
 def _tensor_pickle(path_value: object) -> bytes:
-    """What oneflow 0.9 writes (formats.md §3b), by hand: {'protocol_version': 1, 'data':
-    {'w': STACK_GLOBAL oneflow Tensor, NEWOBJ, BUILD {'path': path_value}}}."""
+    """What oneflow 0.9 writes (docs/formats.md#oneflow-folder), by hand:
+    {'protocol_version': 1, 'data': {'w': STACK_GLOBAL oneflow Tensor, NEWOBJ, BUILD {'path':
+    path_value}}}."""
     if isinstance(path_value, str):
         value = _text(path_value)
     elif isinstance(path_value, int):

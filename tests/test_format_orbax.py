@@ -1,6 +1,6 @@
-"""Orbax checkpoints (formats.md "Extra: Orbax"): the genuine fixture, built stores, hostile input.
+"""Orbax checkpoints (docs/formats.md#orbax): the genuine fixture, built stores, hostile input.
 
-The ground truth is ``shared/fixtures/orbax/ckpt.expected.{json,npz}``, written by
+The ground truth is ``tests/fixtures/orbax/ckpt.expected.{json,npz}``, written by
 ``StandardCheckpointer().restore``. Other stores come from ``write_store`` below: a tiny OCDBT
 writer (uncompressed or zstd envelopes, one leaf node, inline or out-of-line values) following
 tensorstore's ``kvstore/ocdbt/index.rst``, so every field can be made hostile on purpose.
@@ -23,6 +23,7 @@ import numpy as np
 import pytest
 import zstandard
 
+import fixture_truth
 import satchel
 from fixture_truth import assert_matches, load_truth
 from satchel.errors import (
@@ -31,11 +32,11 @@ from satchel.errors import (
     IntegrityError,
     SatchelError,
 )
-from satchel.formats._crc32c import crc32c
+from satchel.formats._codecs.crc32c import crc32c
 from satchel.formats.detect import sniffed
 
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "orbax"
-assert FIXTURES.is_dir(), f"{FIXTURES}: ../shared/fixtures must sit beside the checkout"
+FIXTURES = fixture_truth.FIXTURES / "orbax"
+assert FIXTURES.is_dir(), f"{FIXTURES}: the Orbax fixture is missing from tests/fixtures"
 CKPT = FIXTURES / "ckpt"
 MANIFEST_MAGIC, BTREE_MAGIC = 0x0CDB3A2A, 0x0CDB20DE
 ROOT_NODE = "d/a2b923fbba269b0aad261688d056c21e"

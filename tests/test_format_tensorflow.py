@@ -1,6 +1,6 @@
-"""TensorFlow tensor bundles (formats.md §4): genuine fixtures, hand-built bundles, hostile input.
+"""TensorFlow bundles (docs/formats.md#tensorflow): genuine fixtures, hand-built bundles, hostiles.
 
-The ground truth is ``shared/fixtures/tensorflow/<fixture>.expected.{json,npz}``, written by
+The ground truth is ``tests/fixtures/tensorflow/<fixture>.expected.{json,npz}``, written by
 ``tf.train.load_checkpoint``. Bundles for the other cases come from ``write_bundle`` below, a
 small writer of the same layout that reproduces the genuine ``tf1_ckpt`` index and data files
 byte for byte (``test_writer_reproduces_the_genuine_bundle``), so what it builds is what TF writes.
@@ -22,6 +22,7 @@ import ml_dtypes
 import numpy as np
 import pytest
 
+import fixture_truth
 import satchel
 from satchel.errors import (
     FormatError,
@@ -30,8 +31,8 @@ from satchel.errors import (
     SatchelFileNotFoundError,
 )
 from satchel.formats import tensorflow as tf_reader
-from satchel.formats._crc32c import _raw_loop, crc32c, mask, unmask
-from satchel.formats._sstable import (
+from satchel.formats._codecs.crc32c import _raw_loop, crc32c, mask, unmask
+from satchel.formats._codecs.sstable import (
     _ordered_bytes,
     _ordered_int,
     _ordered_uint,
@@ -39,8 +40,8 @@ from satchel.formats._sstable import (
     slice_key,
 )
 
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "tensorflow"
-assert FIXTURES.is_dir(), f"{FIXTURES}: ../shared/fixtures must sit beside the checkout"
+FIXTURES = fixture_truth.FIXTURES / "tensorflow"
+assert FIXTURES.is_dir(), f"{FIXTURES}: the TensorFlow fixtures are missing from tests/fixtures"
 MAGIC = 0xDB4775248B80FB57
 ZEROS16_CRC = mask(crc32c(b"\0" * 16))
 
@@ -480,7 +481,7 @@ def test_partitioned_overlap_with_right_total_is_refused(tmp_path: Path) -> None
         satchel.load(path)
 
 
-# -- hostile input: integrity (security.md E) ----------------------------------------------------
+# -- hostile input: integrity (docs/formats.md#hostile-integrity) --------------------------------
 def test_flipped_tensor_byte_names_the_tensor(tmp_path: Path) -> None:
     folder = copy_fixture(tmp_path, "tf1_ckpt")
     data = folder / "model-7.data-00000-of-00001"
@@ -547,7 +548,7 @@ def test_missing_shard(tmp_path: Path) -> None:
         satchel.load(tmp_path / "ck")
 
 
-# -- hostile input: numbers in the index (security.md D) -----------------------------------------
+# -- hostile input: numbers in the index (docs/formats.md#hostile-numbers) -----------------------
 def hostile(tmp_path: Path, value: bytes, *, key: bytes = b"t", data: bytes = b"\0" * 16) -> Path:
     (tmp_path / "ck.index").write_bytes(table([(b"", header_proto()), (key, value)]))
     (tmp_path / "ck.data-00000-of-00001").write_bytes(data)
@@ -660,7 +661,7 @@ def test_fuzzed_entries_raise_only_satchel_errors(tmp_path: Path) -> None:
     assert "FormatError" in seen
 
 
-# -- the checkpoint state file never leads outside its folder (security.md row 32) ---------------
+# -- the checkpoint state file never leads outside its folder (docs/formats.md rule Z7) ----------
 @pytest.mark.parametrize(
     "named", ["../../etc/passwd", "/etc/passwd", "..", "/", "C:\\\\x\\\\..", "sub/../../x"]
 )

@@ -1,6 +1,6 @@
 """PyTorch checkpoints without torch: the genuine torch 2.13 fixtures, differential against torch.
 
-Ground truth: ``shared/fixtures/torch/<fixture>.expected.{json,npz}`` (``torch.load(...,
+Ground truth: ``tests/fixtures/torch/<fixture>.expected.{json,npz}`` (``torch.load(...,
 weights_only=True)``), compared through ``fixture_truth``. Each fixture must also load with
 ``framework="torch"`` to exactly what ``torch.load(weights_only=True)`` returns: classes
 (OrderedDict, Parameter), dtypes, strides, storage offsets, ``_metadata`` and storage sharing.
@@ -378,7 +378,7 @@ def test_unknown_byteorder_is_refused(tmp_path: Path) -> None:
 
 
 def test_archive_prefix_comes_from_the_first_member(tmp_path: Path) -> None:
-    """formats.md §1.1: readers take the prefix from the first entry, not from the file name."""
+    """docs/formats.md#torch-zip: the prefix comes from the first entry, not from the file name."""
     src = FIXTURES / "torch" / "mlp_state_dict.pt"
     dst = tmp_path / "renamed_file.pt"
     with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w") as zout:
@@ -497,3 +497,88 @@ def test_fixture_truth_catches_differences() -> None:
     state = ck["optimizer"]["state"]
     ck["optimizer"]["state"] = {float(k): v for k, v in state.items()}  # 0.0 == 0
     assert "not int" in "\n".join(mismatches(ck, ck_truth))
+
+
+def test_torchscript_archive_with_extra_files_first_is_recognised(tmp_path: Path) -> None:
+    """Issue 8.6c: torch.jit.save(_extra_files=...) writes ``extra/`` first; still torch, still
+    refused as TorchScript exactly like the archive without extra files."""
+    path = tmp_path / "scripted_extra.pt"
+    torch.jit.save(
+        torch.jit.script(_Scripted()), str(path), _extra_files={"meta.json": '{"a": 1}' * 600}
+    )
+    first = zipfile.ZipFile(path).namelist()[0]
+    assert first.split("/", 1)[1].startswith("extra/")
+    assert satchel.detect(path) == "torch"
+    with pytest.raises(satchel.UnsafeContentError, match="TorchScript"):
+        satchel.load(path)
+    with pytest.raises(satchel.UnsafeContentError, match="TorchScript"):
+        satchel.open(path)
+
+
+def _rezip(src: Path, dst: Path, order: Any) -> None:
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w") as zout:
+        for info in order(zin.infolist()):
+            zout.writestr(info.filename, zin.read(info))
+
+
+@pytest.mark.parametrize("order", ["reversed", "storages first"])
+def test_torch_zip_members_in_any_order_load_the_same(tmp_path: Path, order: str) -> None:
+    src = tmp_path / "sd.pt"
+    torch.save(OrderedDict(w=torch.arange(12.0).reshape(3, 4), b=torch.ones(3)), src)
+    dst = tmp_path / "reordered.pt"
+    if order == "reversed":
+        _rezip(src, dst, lambda infos: infos[::-1])
+    else:
+        _rezip(src, dst, lambda infos: sorted(infos, key=lambda i: "/data/" not in i.filename))
+    assert not zipfile.ZipFile(dst).namelist()[0].endswith("data.pkl")
+    assert satchel.detect(dst) == "torch"
+    got = satchel.load(dst, framework="torch")
+    want = torch.load(dst, weights_only=True)
+    assert list(got) == list(want)
+    for k in want:
+        assert torch.equal(got[k], want[k])
+
+
+def _flip_tensor_bit(path: Path, member_suffix: str) -> str:
+    """Flip one bit in the middle of a stored member's bytes; returns the member's name."""
+    raw = bytearray(path.read_bytes())
+    with zipfile.ZipFile(path) as z:
+        info = next(i for i in z.infolist() if i.filename.endswith(member_suffix))
+    at = info.header_offset  # the local header: 30 bytes, then the name and the extra field
+    name_len = int.from_bytes(raw[at + 26 : at + 28], "little")
+    extra_len = int.from_bytes(raw[at + 28 : at + 30], "little")
+    start = at + 30 + name_len + extra_len
+    raw[start + info.file_size // 2] ^= 0x10
+    path.write_bytes(bytes(raw))
+    return info.filename
+
+
+def test_flipped_bit_in_tensor_data_is_an_integrity_error(tmp_path: Path) -> None:
+    """Issue 8.6a: torch.load returns changed values; satchel's verify names the member."""
+    path = tmp_path / "flipped.pt"
+    original = torch.arange(1000, dtype=torch.float32)
+    torch.save({"w": original, "b": torch.ones(4)}, path)
+    member = _flip_tensor_bit(path, "/data/0")
+    assert not torch.equal(torch.load(path, weights_only=True)["w"], original)  # torch: silent
+    with pytest.raises(satchel.IntegrityError, match=f"{member}.*CRC-32") as info:
+        satchel.load(path)
+    assert info.value.field == member
+    with pytest.raises(satchel.IntegrityError):
+        satchel.convert(path, tmp_path / "out.safetensors")
+    assert not (tmp_path / "out.safetensors").exists()
+    # Lazily: opening reads no tensor data; the damaged tensor fails when used, the other loads.
+    with satchel.open(path) as f:
+        np.testing.assert_array_equal(f["b"], np.ones(4, dtype=np.float32))
+        with pytest.raises(satchel.IntegrityError, match=member):
+            f["w"]
+    # verify=False reads what torch.load reads.
+    changed = satchel.load(path, verify=False, framework="torch")["w"]
+    assert torch.equal(changed, torch.load(path, weights_only=True)["w"])
+
+
+def test_flipped_bit_in_data_pkl_is_an_integrity_error(tmp_path: Path) -> None:
+    path = tmp_path / "flipped_pkl.pt"
+    torch.save({"w": torch.ones(3)}, path)
+    member = _flip_tensor_bit(path, "/data.pkl")
+    with pytest.raises(satchel.IntegrityError, match=member):
+        satchel.load(path)

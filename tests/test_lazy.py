@@ -13,6 +13,7 @@ import pytest
 import torch
 
 import satchel
+from fixture_truth import FIXTURES
 
 
 def header_of(path: Path) -> tuple[int, dict[str, Any]]:
@@ -290,7 +291,7 @@ def test_structure_shows_the_nesting_with_tensor_infos_and_reads_no_data(tmp_pat
 
 
 def test_structure_of_a_foreign_file() -> None:
-    path = Path(__file__).parents[2] / "shared" / "fixtures" / "torch" / "mlp_checkpoint.pt"
+    path = FIXTURES / "torch" / "mlp_checkpoint.pt"
     with satchel.open(path) as f:
         s = f.structure
     assert s["epoch"] == 1

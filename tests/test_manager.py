@@ -25,7 +25,7 @@ import xxhash
 from torch import nn
 
 import satchel
-import satchel._manager
+import satchel._checkpoint.manager
 from satchel import CheckpointManager, CheckpointWarning
 from satchel._io.atomic import TMP_MARKER
 
@@ -421,7 +421,7 @@ def test_bad_save_arguments_write_nothing(tmp_path: Path, step: Any, kw: dict[st
 # -- writer lock ---------------------------------------------------------------------------------
 HOLD_LOCK = """
 import pathlib, sys, time
-from satchel._lock import WriterLock
+from satchel._checkpoint.lock import WriterLock
 with WriterLock(pathlib.Path(sys.argv[1])).hold():
     print("locked", flush=True)
     time.sleep(120)
@@ -508,10 +508,10 @@ class Gate:
     """Wraps the manager's write_plan so a background save stops until the test opens the gate."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        self.real = satchel._manager.write_plan
+        self.real = satchel._checkpoint.manager.write_plan
         self.open = threading.Event()
         self.entered = threading.Event()
-        monkeypatch.setattr(satchel._manager, "write_plan", self)
+        monkeypatch.setattr(satchel._checkpoint.manager, "write_plan", self)
 
     def __call__(self, plan: Any, path: Path, **kwargs: Any) -> Any:
         self.entered.set()
@@ -604,7 +604,7 @@ def test_background_error_surfaces_on_the_next_call(
     mgr = CheckpointManager(tmp_path)
     mgr.save(1, model=state(1))
     before = {p.name: p.read_bytes() for p in step_dir(tmp_path, 1).iterdir()}
-    real = satchel._manager.write_plan
+    real = satchel._checkpoint.manager.write_plan
     calls = 0
 
     def failing(plan: Any, path: Path, **kwargs: Any) -> Any:
@@ -614,7 +614,7 @@ def test_background_error_surfaces_on_the_next_call(
             return real(plan, path)  # the first item is written, then the disk fills up
         raise OSError(errno.ENOSPC, "No space left on device (injected)")
 
-    monkeypatch.setattr(satchel._manager, "write_plan", failing)
+    monkeypatch.setattr(satchel._checkpoint.manager, "write_plan", failing)
     mgr.save(2, model=state(2), opt=state(20), blocking=False)  # returns; fails in background
     if surface == "save":
         with pytest.raises(OSError, match="injected") as ei:
@@ -635,7 +635,7 @@ def test_background_error_surfaces_on_the_next_call(
     assert mgr.steps() == [1]
     assert {p.name: p.read_bytes() for p in step_dir(tmp_path, 1).iterdir()} == before
     assert temp_entries(tmp_path) == []
-    monkeypatch.setattr(satchel._manager, "write_plan", real)
+    monkeypatch.setattr(satchel._checkpoint.manager, "write_plan", real)
     mgr.save(2, model=state(2), blocking=False)
     mgr.close()
     assert mgr.steps() == [1, 2]

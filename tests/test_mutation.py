@@ -1,4 +1,4 @@
-"""Mutation campaign over genuine satchel files (../shared/security.md C1.2 and C1.5).
+"""Mutation campaign over genuine satchel files (docs/formats.md#hostile-integrity).
 
 Every mutant of a file written by ``satchel.save`` must either load to exactly what was saved
 (same structure, types, dtypes, shapes, bytes and sharing) or raise a ``satchel.SatchelError``:

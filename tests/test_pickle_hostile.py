@@ -1,4 +1,4 @@
-"""The hostile-pickle matrix (security.md A1-A18, C1.6): payloads x every container satchel reads.
+"""The hostile-pickle matrix (docs/formats.md#hostile-pickles): payloads x every container read.
 
 Each payload is a pickle that would run code, import modules, confuse a scanner, or exhaust
 memory or time if ``pickle.load`` (or a careless interpreter) read it. Payloads come from two
@@ -48,8 +48,9 @@ from typing import Any, Literal
 
 import pytest
 
+from fixture_truth import FIXTURES
+
 SRC = Path(__file__).resolve().parents[1] / "src"
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
 MEMORY_HEADROOM = 768 << 20  # RLIMIT_AS above the worker's size after its imports
 MAX_RSS_GROWTH_KB = 256 << 10  # per case
 MAX_SECONDS = 10.0  # per case
@@ -141,7 +142,7 @@ P4 = b"\x80\x04"
 
 
 def reduce_gadgets(canary: str) -> dict[str, Any]:
-    """Callables that run code, spawn processes, import or re-enter a loader (rows A1-A9)."""
+    """Callables that run code, spawn processes, import or re-enter a loader (rule P1)."""
     cmd = f"touch {canary}"
     py = f"open({canary!r}, 'w').close()"
     code = compile(py, "<payload>", "exec")
@@ -246,12 +247,12 @@ def real_pickle_gadgets(canary: str) -> dict[str, Any]:
 
 
 def handmade(canary: str) -> list[Payload]:
-    """Opcode streams a pickler never writes (rows A3-A5, A10, A13, A15-A18)."""
+    """Opcode streams a pickler never writes (rules P1-P6 and P8)."""
     cmd = f"touch {canary}"
     system = g("posix", "system") + u(cmd) + b"\x85R"
     od = g("collections", "OrderedDict")
     out = [
-        # A3: INST / OBJ refused as opcodes, also with an allowlisted class.
+        # P2: INST / OBJ refused as opcodes, also with an allowlisted class.
         Payload("INST os.system", b"(" + u(cmd) + b"ios\nsystem\n.", "unsafe"),
         Payload("INST proto0 text", f"(S'{cmd}'\nios\nsystem\n.".encode(), "unsafe"),
         Payload("INST allowed class", b"(icollections\nOrderedDict\n.", "unsafe"),
@@ -263,7 +264,7 @@ def handmade(canary: str) -> list[Payload]:
         Payload("EXT4", P2 + b"\x84\x01\x00\x00\x00)R.", "unsafe"),
         Payload("NEXT_BUFFER", b"\x80\x05\x97.", "unsafe"),
         Payload("READONLY_BUFFER", b"\x80\x05\x97\x98.", "unsafe"),
-        # A4: STACK_GLOBAL names from the memo; a static scan of the first PUT sees torch._utils.
+        # P1: STACK_GLOBAL names from the memo; a static scan of the first PUT sees torch._utils.
         Payload(
             "STACK_GLOBAL posix.system", P4 + sg("posix", "system") + u(cmd) + b"\x85R.", "unsafe"
         ),
@@ -298,7 +299,7 @@ def handmade(canary: str) -> list[Payload]:
             "unsafe",
         ),
         Payload("STACK_GLOBAL non-str names", P4 + b"K\x01K\x02\x93.", "malformed"),
-        # A5: BUILD used as setattr on allowlisted objects and on plain containers.
+        # P3: BUILD used as setattr on allowlisted objects and on plain containers.
         Payload("BUILD setattr on global", P2 + od + b"}" + u("a") + u("os") + b"sb.", "unsafe"),
         Payload(
             "BUILD setattr on rebuild fn",
@@ -319,7 +320,7 @@ def handmade(canary: str) -> list[Payload]:
         Payload("BUILD on list", P2 + b"]}" + u("append") + u("x") + b"sb.", "unsafe"),
         Payload("BUILD on dict", P2 + b"}}" + u("k") + u("v") + b"sb.", "unsafe"),
         Payload("BUILD on str", P2 + u("x") + b"}" + u("k") + u("v") + b"sb.", "unsafe"),
-        # A16: NEWOBJ / NEWOBJ_EX of things that are not allowed classes.
+        # P3: NEWOBJ / NEWOBJ_EX of things that are not allowed classes.
         Payload("NEWOBJ builtins.object", P2 + g("builtins", "object") + b")\x81.", "unsafe"),
         Payload("NEWOBJ storage type", P2 + g("torch", "FloatStorage") + b")\x81.", "unsafe"),
         Payload(
@@ -347,7 +348,7 @@ def handmade(canary: str) -> list[Payload]:
             + b"R.",
             "unsafe",
         ),
-        # A13: SETITEM(S)/APPEND(S)/ADDITEMS on the wrong targets.
+        # P4: SETITEM(S)/APPEND(S)/ADDITEMS on the wrong targets.
         Payload("SETITEM on global", P2 + g("torch", "FloatStorage") + b"K\x01K\x02s.", "unsafe"),
         Payload("SETITEM on class", P2 + od + b"K\x01K\x02s.", "unsafe"),
         Payload("SETITEM on list", P2 + b"]K\x01K\x02s.", "unsafe"),
@@ -357,7 +358,7 @@ def handmade(canary: str) -> list[Payload]:
         Payload("APPENDS on OrderedDict", P2 + od + b")R(K\x01e.", "unsafe"),
         Payload("APPEND on global", P2 + od + b"K\x01a.", "unsafe"),
         Payload("ADDITEMS on list", P4 + b"](K\x01\x90.", "unsafe"),
-        # A15: persistent ids that are not storages.
+        # P5: persistent ids that are not storages.
         Payload("PERSID text", b"P0\n.", "unsafe"),
         Payload("BINPERSID module", P2 + b"(" + u("module") + g("os", "system") + b"tQ.", "unsafe"),
         Payload("BINPERSID str", P2 + u("storage") + b"Q.", "unsafe"),
@@ -385,7 +386,7 @@ def handmade(canary: str) -> list[Payload]:
             + b"tQ.",
             "malformed",
         ),
-        # A10: execute-then-break: the payload first, then a stream no parser can finish.
+        # P6: execute-then-break: the payload first, then a stream no parser can finish.
         Payload("exec-then-break GLOBAL", P2 + system + b"\xff\xfe\xfd garbage", "unsafe"),
         Payload(
             "exec-then-break STACK_GLOBAL",
@@ -399,7 +400,7 @@ def handmade(canary: str) -> list[Payload]:
         ),
         Payload("exec-then-break unbalanced", P2 + system + b"0000000.", "unsafe"),
         Payload("exec after valid prefix", P2 + b"}" + u("w") + system + b"s.", "unsafe"),
-        # A17: tiny files declaring huge memo indices and lengths.
+        # P8: tiny files declaring huge memo indices and lengths.
         Payload(
             "LONG_BINPUT 2**32-1 then missing GET", P2 + b"]r\xff\xff\xff\xffh\x05.", "malformed"
         ),
@@ -428,13 +429,13 @@ def handmade(canary: str) -> list[Payload]:
         Payload("LONG text 100k digits", b"L" + b"9" * 100_000 + b"L\n.", "malformed"),
         Payload("INT text no newline", b"I" + b"1" * 200_000, "malformed"),
         Payload("FRAME 2**63", P4 + b"\x95" + (2**63).to_bytes(8, "little") + b"N.", "bounded"),
-        # A18: billion laughs through the memo; bounded time everywhere.
+        # P8: billion laughs through the memo; bounded time everywhere.
         Payload("billion laughs list", _laughs(b"(", b"l", 9, 10), "bounded"),
         Payload("billion laughs tuple", _laughs(b"(", b"t", 9, 10), "bounded"),
         Payload("billion laughs dict", _laughs_dict(9, 10), "bounded"),
         Payload("DUP flood", P2 + b"N" + b"2" * 200_000 + b".", "malformed", stream_level=True),
         Payload("MARK flood", P2 + b"(" * 200_000 + b"N.", "malformed"),
-        # Deep nesting (security.md row 51): a clean error or a value, never RecursionError.
+        # Deep nesting (rule P8): a clean error or a value, never RecursionError.
         Payload("deep list nesting", P2 + b"(" * 100_000 + b"]" + b"l" * 100_000 + b".", "bounded"),
         Payload("deep tuple nesting", P2 + b"N" + b"\x85" * 100_000 + b".", "bounded"),
         Payload("deep dict nesting", _deep_dict(50_000), "bounded"),

@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import errno
+import fcntl
+import io
 import itertools
+import json
 import math
 import os
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -13,10 +18,20 @@ import numpy as np
 import pytest
 
 import satchel
-import satchel._manager
-from satchel import CheckpointManager
+import satchel._checkpoint.manager
+from satchel import CheckpointManager, CheckpointRoot
+from satchel._cli import main
 from satchel._io.atomic import TMP_MARKER
-from satchel.retention import CheckpointRecord, KeepBest, KeepEvery, KeepLast, decide
+from satchel.retention import (
+    CheckpointRecord,
+    KeepBest,
+    KeepEvery,
+    KeepLast,
+    Recorded,
+    decide,
+    parse,
+    portable,
+)
 
 
 def recs(*pairs: tuple[int, dict[str, float]]) -> list[CheckpointRecord]:
@@ -222,7 +237,7 @@ def test_retention_runs_only_after_a_commit(
     def failing(*a: Any, **k: Any) -> Any:
         raise OSError(errno.EIO, "injected")
 
-    monkeypatch.setattr(satchel._manager, "write_commit", failing)
+    monkeypatch.setattr(satchel._checkpoint.manager, "write_commit", failing)
     with pytest.raises(OSError, match="injected"):
         mgr.save(2, model=arr(2))
     assert mgr.steps() == [1]
@@ -239,3 +254,155 @@ def test_retention_leaves_no_trash_and_deletes_only_step_folders(tmp_path: Path)
         mgr.save(s, model=arr(s))
     assert entries(tmp_path) == ["notes.txt", "step_00000003"]
     assert not [p for p in tmp_path.rglob("*") if TMP_MARKER in p.name]
+
+
+# -- policies users write (the Policy protocol) ---------------------------------------------------
+@dataclass(frozen=True)
+class KeepBelow:
+    """A user's policy: keep every checkpoint whose ``metric`` is below ``limit``."""
+
+    metric: str
+    limit: float
+
+    @property
+    def name(self) -> str:
+        return f"below:{self.metric}<{self.limit}"
+
+    def keep(self, records: Sequence[CheckpointRecord]) -> set[int]:
+        return {r.step for r in records if r.metrics.get(self.metric, math.inf) < self.limit}
+
+
+LOSSES = {1: 0.9, 2: 0.2, 3: 0.7, 4: 0.1, 5: 0.8, 6: 0.6}
+
+
+def test_user_policy_end_to_end(tmp_path: Path) -> None:
+    below = KeepBelow("loss", 0.3)
+    mgr = CheckpointManager(tmp_path, keep_last=1, policies=[below])
+    assert [p.name for p in mgr.policies] == ["keep_last=1", "below:loss<0.3"]
+    save_all(mgr, list(LOSSES), LOSSES)
+    assert mgr.steps() == [2, 4, 6]
+    want = {2: ["below:loss<0.3"], 4: ["below:loss<0.3"], 6: ["keep_last=1", "newest"]}
+    assert mgr.kept_by() == want
+
+    # the commit record names every policy and carries the user policy's own decision
+    doc = json.loads((tmp_path / "step_00000006" / "manifest.json").read_text())
+    assert doc["retention"] == ["keep_last=1", "below:loss<0.3"]
+    assert doc["kept"] == {"below:loss<0.3": [2, 4]}
+
+    # a reader that does not have the policy's code shows the recorded decision
+    assert CheckpointRoot(tmp_path).kept_by() == want
+    assert CheckpointRoot(tmp_path).retention == ("keep_last=1", "below:loss<0.3")
+    out, err = io.StringIO(), io.StringIO()
+    assert main(["ls", str(tmp_path), "--json"], stdout=out, stderr=err) == 0, err.getvalue()
+    ls = json.loads(out.getvalue())
+    assert ls["policies"] == ["keep_last=1", "below:loss<0.3"]
+    assert {c["step"]: c["kept_by"] for c in ls["checkpoints"]} == want
+    out = io.StringIO()
+    assert main(["ls", str(tmp_path)], stdout=out, stderr=err) == 0
+    assert "retention: keep_last=1, below:loss<0.3" in out.getvalue()
+
+
+def test_built_in_policies_are_not_recorded_as_decisions(tmp_path: Path) -> None:
+    mgr = CheckpointManager(tmp_path, keep_last=2, keep_best=("loss", "min", 1))
+    save_all(mgr, [1, 2, 3], {1: 0.1, 2: 0.5, 3: 0.4})
+    doc = json.loads((tmp_path / "step_00000003" / "manifest.json").read_text())
+    assert "kept" not in doc  # readers rebuild the built-ins from their names
+    assert CheckpointRoot(tmp_path).kept_by() == mgr.kept_by()
+
+
+def test_user_policy_call_order(tmp_path: Path) -> None:
+    calls: list[list[tuple[int, dict[str, float]]]] = []
+
+    class Spy:
+        name = "spy"
+        saving = True
+
+        def keep(self, records: Sequence[CheckpointRecord]) -> set[int]:
+            if not self.saving:
+                return {records[0].step}
+            # called with the writer lock held and before any file of the new step exists
+            fd = os.open(tmp_path / ".satchel.lock", os.O_RDWR)
+            try:
+                with pytest.raises(BlockingIOError):
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            finally:
+                os.close(fd)
+            assert not [p for p in tmp_path.iterdir() if TMP_MARKER in p.name]
+            calls.append([(r.step, dict(r.metrics)) for r in records])
+            return {records[0].step, 999}  # a step not in records is ignored
+
+    spy = Spy()
+    mgr = CheckpointManager(tmp_path, policies=[spy])
+    mgr.save(5, model=arr(5), metrics={"loss": 0.5})
+    mgr.save(3, model=arr(3), metrics={"loss": 0.3})
+    mgr.save(7, model=arr(7))
+    assert calls == [
+        [(5, {"loss": 0.5})],
+        [(3, {"loss": 0.3}), (5, {"loss": 0.5})],  # oldest first, the new step included
+        [(3, {"loss": 0.3}), (5, {"loss": 0.5}), (7, {})],
+    ]
+    assert mgr.steps() == [3, 7]  # 3 kept by the spy, 7 just saved; 5 deleted
+    spy.saving = False  # kept_by() asks the policies again, outside any save
+    assert mgr.kept_by() == {3: ["spy"], 7: ["newest"]}
+
+
+def test_a_failing_user_policy_fails_the_save_and_writes_nothing(tmp_path: Path) -> None:
+    class Broken:
+        name = "broken"
+
+        def keep(self, records: Sequence[CheckpointRecord]) -> set[int]:
+            if len(records) > 1:
+                raise RuntimeError("policy bug")
+            return set()
+
+    mgr = CheckpointManager(tmp_path, policies=[Broken()])
+    mgr.save(1, model=arr(1))
+    with pytest.raises(RuntimeError, match="policy bug"):
+        mgr.save(2, model=arr(2))
+    assert entries(tmp_path) == ["step_00000001"]
+    mgr.save(1, model=arr(1), overwrite=True)  # the lock was released
+
+
+@pytest.mark.parametrize(
+    ("policy", "match"),
+    [
+        (object(), "needs a non-empty"),
+        (type("P", (), {"name": "", "keep": lambda s, r: set()})(), "needs a non-empty"),
+        (type("P", (), {"name": "newest", "keep": lambda s, r: set()})(), "reserved"),
+        (type("P", (), {"name": "x", "keep": 5})(), "no keep"),
+        (KeepLast(3), "unique"),
+    ],
+)
+def test_bad_user_policies_are_refused(tmp_path: Path, policy: Any, match: str) -> None:
+    with pytest.raises(satchel.UsageError, match=match):
+        CheckpointManager(tmp_path, keep_last=3, policies=[policy])
+
+
+def test_portable_names_only_the_built_ins() -> None:
+    assert all(portable(p) for p in (KeepLast(2), KeepEvery(10), KeepBest("loss", "max", 3)))
+    assert not portable(KeepBelow("loss", 0.1))
+    assert not portable(Recorded("x", frozenset()))
+    for p in (KeepLast(2), KeepEvery(10), KeepBest("a:b", "max", 3)):
+        assert parse(p.name) == p
+
+
+def test_reader_of_an_old_record_shows_nothing_for_an_unknown_policy(tmp_path: Path) -> None:
+    mgr = CheckpointManager(tmp_path, keep_last=1, policies=[KeepBelow("loss", 0.5)])
+    save_all(mgr, [1, 2], {1: 0.1, 2: 0.9})
+    manifest = tmp_path / "step_00000002" / "manifest.json"
+    doc = json.loads(manifest.read_text())
+    del doc["kept"]  # as a writer that predates the field wrote it
+    manifest.write_text(json.dumps(doc))
+    assert CheckpointRoot(tmp_path).kept_by() == {1: [], 2: ["keep_last=1", "newest"]}
+
+
+@pytest.mark.parametrize("kept", [[], {"x": 3}, {"x": ["1"]}, {"x": [True]}, {"x": [-1]}])
+def test_malformed_kept_field_makes_the_record_invalid(tmp_path: Path, kept: Any) -> None:
+    mgr = CheckpointManager(tmp_path, policies=[KeepBelow("loss", 0.5)])
+    mgr.save(1, model=arr(1), metrics={"loss": 0.1})
+    manifest = tmp_path / "step_00000001" / "manifest.json"
+    doc = json.loads(manifest.read_text())
+    doc["kept"] = kept
+    manifest.write_text(json.dumps(doc))
+    (info,) = CheckpointRoot(tmp_path).checkpoints()
+    assert info.record is None and info.problem is not None and "kept" in info.problem

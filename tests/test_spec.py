@@ -701,6 +701,32 @@ def test_spec_3_3_exact_fields(tmp_path: Path, change: str) -> None:
     rejects(doc.write(tmp_path), "manifest fields")
 
 
+def test_spec_3_3_module_field_written_for_a_module(tmp_path: Path) -> None:
+    import torch
+
+    path = tmp_path / "m.satchel"
+    satchel.save(torch.nn.Linear(2, 2), path)
+    m = read_manifest(path)
+    assert set(m) == {"version", "root", "leaves", "stored", "metadata", "module"}
+    assert m["module"] == "torch.nn.modules.linear.Linear"
+    with satchel.open(path) as ck:
+        assert ck.module_class == "torch.nn.modules.linear.Linear"
+
+
+@pytest.mark.parametrize("module", ["", 1, None, ["x"], "x" * 1001], ids=repr)
+def test_spec_3_3_module_field_must_be_a_short_string(tmp_path: Path, module: Any) -> None:
+    doc = sample()
+    doc.manifest["module"] = module
+    rejects(doc.write(tmp_path), "module")
+
+
+def test_spec_3_3_module_field_accepted(tmp_path: Path) -> None:
+    doc = sample()
+    doc.manifest["module"] = "pkg.Net"
+    with satchel.open(doc.write(tmp_path)) as ck:
+        assert ck.module_class == "pkg.Net"
+
+
 # True and 1.0 compare equal to 1 in Python, but neither is "the integer 1".
 @pytest.mark.parametrize("version", [2, 0, -1, "1", None, [1], True, 1.0], ids=repr)
 def test_spec_3_3_unknown_version(tmp_path: Path, version: Any) -> None:
@@ -1474,3 +1500,24 @@ def test_spec_7_2_large_tensors_written_from_their_memory(
     monkeypatch.undo()
     assert (address, 1 << 21) in writes
     np.testing.assert_array_equal(np.asarray(satchel.load(tmp_path / "f")["big"]), np.asarray(big))
+
+
+def test_every_spec_clause_has_its_test() -> None:
+    """SPEC.md's numbered clauses, parsed from the document, each have a ``test_spec_<a>_<b>_*``
+    test somewhere in tests/, in order, and no test names a clause that does not exist."""
+    import re
+
+    root = Path(__file__).resolve().parent
+    spec = (root.parent / "SPEC.md").read_text(encoding="utf-8")
+    clauses = re.findall(r"^- \*\*(\d+)\.(\d+)\*\*", spec, flags=re.M)
+    assert clauses, "SPEC.md has no numbered clauses"
+    numbers = [(int(a), int(b)) for a, b in clauses]
+    assert numbers == sorted(numbers), "SPEC.md clauses are out of order"
+    tested: set[tuple[int, int]] = set()
+    for p in root.glob("test_*.py"):
+        for a, b in re.findall(r"^def test_spec_(\d+)_(\d+)_", p.read_text(), flags=re.M):
+            tested.add((int(a), int(b)))
+    missing = [f"{a}.{b}" for a, b in numbers if (a, b) not in tested]
+    assert not missing, f"SPEC clauses without a test_spec_* test: {missing}"
+    unknown = sorted(f"{a}.{b}" for a, b in tested - set(numbers))
+    assert not unknown, f"test_spec_* tests for clauses SPEC.md lacks: {unknown}"

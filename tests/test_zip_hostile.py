@@ -1,4 +1,4 @@
-"""Hostile zip containers (security.md B23-B30): torch archives and ``.npz`` as untrusted bytes.
+"""Hostile zips (docs/formats.md#hostile-containers): torch archives and ``.npz``, untrusted bytes.
 
 Archives are assembled byte by byte here (local headers, central directory, end record), so
 every field can lie: names that escape (``../``, absolute, drive letters, NUL, backslash),
@@ -7,8 +7,8 @@ bomb, CVE-2024-0450), sizes larger than the file, a deflated member claiming a h
 inflating past what it declares, the encryption flag, unknown compression methods, bad CRCs,
 headers outside the file. Each must raise ``satchel.FormatError``, both through
 ``satchel.load`` (a torch-like zip whose first member is ``archive/data.pkl``, or an
-``.npz``-like zip) and directly through ``satchel.formats._zip.zip_members`` / ``read_member``,
-and none may allocate much memory (``tracemalloc`` peak).
+``.npz``-like zip) and directly through ``satchel.formats._codecs.zip.zip_members`` /
+``read_member``, and none may allocate much memory (``tracemalloc`` peak).
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import functools
 import io
 import struct
 import tracemalloc
+import zipfile
 import zlib
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -26,7 +27,7 @@ import numpy as np
 import pytest
 
 import satchel
-from satchel.formats._zip import MAX_INFLATED, read_member, zip_members
+from satchel.formats._codecs.zip import MAX_INFLATED, central_names, read_member, zip_members
 
 PICKLE = b"\x80\x02}q\x00X\x01\x00\x00\x00aq\x01K\x01s."  # {'a': 1}
 # {'t': tensor of 16 float32 zeros in storage '0'}, as torch.save's data.pkl spells it.
@@ -384,7 +385,7 @@ def test_unknown_compression_on_the_pickle_is_refused(tmp_path: Path) -> None:
     _refused_everywhere(tmp_path, raw, match="compression")
 
 
-# -- whole-archive failure and parser differentials (B23, B25) -------------------------------------
+# -- whole-archive failure and parser differentials (rules Z1, Z2) --------------------------------
 def test_one_bad_member_fails_the_whole_load(tmp_path: Path) -> None:
     """A damaged unrelated member must not be skipped while data.pkl is read by name."""
     raw = build_zip(torch_like(Entry("archive/zzz_unused", b"x" * 32, method=99)))
@@ -393,7 +394,7 @@ def test_one_bad_member_fails_the_whole_load(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("damage", ["two sizes", "deflate bomb", "corrupt deflate"])
 def test_unreadable_unreferenced_member_fails_the_whole_load(tmp_path: Path, damage: str) -> None:
-    """security.md B23: an unreadable member fails the load even if the pickle never uses it."""
+    """Rule Z1: an unreadable member fails the load even if the pickle never uses it."""
     entry = {
         "two sizes": Entry("archive/data/9", b"\0" * 64, usize=2**31),
         "deflate bomb": Entry("archive/data/9", b"\0" * 64, method=8, data=_zeros_bomb(), crc=0),
@@ -408,3 +409,37 @@ def test_local_name_differing_from_directory_name_is_refused(tmp_path: Path) -> 
     """A scanner walking local headers sees another name than a reader of the directory."""
     raw = build_zip(torch_like(Entry("archive/data/0", b"\0" * 16, local_name="archive/data/X")))
     _refused_everywhere(tmp_path, raw)
+
+
+# -- central_names: the sniffer's look at the directory (never raises, never reads members) -------
+def test_central_names_lists_the_directory_in_order(tmp_path: Path) -> None:
+    path = tmp_path / "a.zip"
+    with zipfile.ZipFile(path, "w") as z:
+        for name in ("m/extra/x.txt", "m/data.pkl", "m/data/0"):
+            z.writestr(name, b"\0" * 100)
+    assert central_names(path) == ["m/extra/x.txt", "m/data.pkl", "m/data/0"]
+    assert central_names(path, limit=1) == ["m/extra/x.txt"]
+
+
+@pytest.mark.parametrize("damage", ["not a zip", "directory past the end", "huge directory",
+                                    "bad entry magic", "truncated"])  # fmt: skip
+def test_central_names_of_a_damaged_zip_is_none(tmp_path: Path, damage: str) -> None:
+    good = tmp_path / "good.zip"
+    with zipfile.ZipFile(good, "w") as z:
+        z.writestr("m/data.pkl", PICKLE)
+    raw = bytearray(good.read_bytes())
+    eocd = raw.rfind(b"PK\x05\x06")
+    if damage == "not a zip":
+        raw = bytearray(b"hello" * 20)
+    elif damage == "directory past the end":
+        raw[eocd + 16 : eocd + 20] = (len(raw) + 10).to_bytes(4, "little")
+    elif damage == "huge directory":
+        raw[eocd + 12 : eocd + 16] = (0xFFFFFFF0).to_bytes(4, "little")
+    elif damage == "bad entry magic":
+        at = int.from_bytes(raw[eocd + 16 : eocd + 20], "little")
+        raw[at : at + 4] = b"XXXX"
+    else:
+        raw = raw[: eocd + 10]
+    path = tmp_path / "bad.zip"
+    path.write_bytes(bytes(raw))
+    assert central_names(path) is None

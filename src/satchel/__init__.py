@@ -4,14 +4,19 @@ The whole public surface is re-exported here; everything else is private.
 """
 
 from ._api import detect, load, open, save
+from ._checkpoint import (
+    CheckpointInfo,
+    CheckpointManager,
+    CheckpointRoot,
+    CheckpointWarning,
+    RestoreResult,
+)
 from ._convert import convert
-from ._foreign import ForeignFile
-from ._lazy import ArrayFile, LazyFile, TensorInfo
-from ._manager import CheckpointManager
+from ._read.file import ArrayFile, ForeignFile, LazyFile, TensorInfo
 from ._rng import capture_rng, restore_rng
 from ._state import LoadReport, Mismatch, load_state
-from ._steps import CheckpointInfo, CheckpointWarning, RestoreResult
 from ._verify import Problem, VerifyReport, verify
+from ._version import __version__
 from .errors import (
     CheckpointExistsError,
     CheckpointLockedError,
@@ -28,8 +33,6 @@ from .errors import (
     UsageError,
 )
 
-__version__ = "0.1.0"
-
 __all__ = [
     "ArrayFile",
     "CheckpointExistsError",
@@ -37,6 +40,7 @@ __all__ = [
     "CheckpointLockedError",
     "CheckpointManager",
     "CheckpointNotFoundError",
+    "CheckpointRoot",
     "CheckpointWarning",
     "ForeignFile",
     "FormatError",

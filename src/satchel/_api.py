@@ -1,4 +1,4 @@
-"""The core API: ``save``, ``load`` and ``open`` of satchel's single file (SPEC 1-7)."""
+"""The core API: ``save``, ``load`` and ``open`` (SPEC 1-7); every read goes through ``_read``."""
 
 from __future__ import annotations
 
@@ -8,20 +8,17 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from ._foreign import ForeignFile, read_foreign
 from ._gcpause import paused_gc
 from ._io.writer import write_plan
-from ._lazy import FrameworkName, LazyFile
-from ._plan import plan_save
+from ._plan import header_len, plan_save
 from ._progress import ProgressArg, reporter
-from .errors import FormatError, SatchelFileNotFoundError
-from .formats.detect import detect, sniffed
+from ._read.file import ArrayFile
+from ._read.materialize import FrameworkName
+from ._read.open import open_path
+from .errors import SatchelFileNotFoundError
+from .formats.detect import detect
 
 __all__ = ["detect", "load", "open", "save"]
-
-# A path no foreign reader recognises goes to the native reader, whose errors name the exact
-# field that is wrong (a bare "unknown format" would hide that).
-_NATIVE = (None, "satchel", "safetensors")
 
 
 def save(
@@ -52,13 +49,14 @@ def save(
     """
     target = Path(path)
     obj, module = _unwrap_module(obj)
-    with paused_gc():  # planning and rendering the header build most of satchel's objects
+    with paused_gc():  # planning builds most of satchel's objects; the write builds few
         plan = plan_save(obj, metadata=metadata, module=module)
-        if not target.parent.is_dir():
-            raise SatchelFileNotFoundError(f"{target}: folder {target.parent} does not exist")
-        # plan.size renders the header once more: only worth it when progress is shown.
-        report = reporter(progress, plan.size, f"saving {target.name}") if progress else None
-        write_plan(plan, target, progress=report)
+    if not target.parent.is_dir():
+        raise SatchelFileNotFoundError(f"{target}: folder {target.parent} does not exist")
+    # header_len renders the header once more: only worth it when progress is shown.
+    size = header_len(plan) + plan.data_len if progress else 0
+    report = reporter(progress, size, f"saving {target.name}") if progress else None
+    write_plan(plan, target, progress=report)
 
 
 def _unwrap_module(obj: Any) -> tuple[Any, str | None]:
@@ -102,19 +100,17 @@ def load(
         IntegrityError: a tensor's bytes do not match their checksum (names the tensor).
         FrameworkNotAvailableError: the file holds torch tensors and torch is not installed.
     """
-    fmt = sniffed(path, refine=False)
-    if fmt not in _NATIVE:
-        with paused_gc():
-            return read_foreign(
-                path,
-                fmt,
-                framework=framework,
-                device=device,
-                dtype=dtype,
-                verify=verify,
-                progress=progress,
-            )
-    with paused_gc(), _native(path, fmt, mmap, verify, framework, device, dtype) as f:
+    with (
+        paused_gc(),
+        open_path(
+            path,
+            framework=framework,
+            device=device,
+            dtype=dtype,
+            mmap=mmap,
+            verify=verify,
+        ) as f,
+    ):
         return f.load(progress=progress)
 
 
@@ -126,36 +122,13 @@ def open(
     dtype: Any = None,
     mmap: bool = True,
     verify: bool = True,
-) -> LazyFile | ForeignFile:
+) -> ArrayFile:
     """Open ``path`` lazily: the header is validated now, each tensor read when first used.
 
     Checksums are verified on first access of each stored tensor. Closing the file keeps
     arrays already returned valid (they hold the mapping); reading more after close raises.
     """
-    fmt = sniffed(path, refine=False)
-    if fmt not in _NATIVE:
-        return ForeignFile(
-            path, fmt, framework=framework, device=device, dtype=dtype, verify=verify
-        )
     with paused_gc():
-        return _native(path, fmt, mmap, verify, framework, device, dtype)
-
-
-def _native(  # noqa: PLR0917 - private: load and open pass their own keywords through
-    path: str | os.PathLike[str],
-    fmt: str | None,
-    mmap: bool,
-    verify: bool,
-    framework: FrameworkName,
-    device: Any,
-    dtype: Any,
-) -> LazyFile:
-    """A LazyFile; when no reader recognised the file, its error says so too."""
-    try:
-        return LazyFile(
-            path, mmap=mmap, verify=verify, framework=framework, device=device, dtype=dtype
+        return open_path(
+            path, framework=framework, device=device, dtype=dtype, mmap=mmap, verify=verify
         )
-    except FormatError as e:
-        if fmt is None:
-            raise type(e)(f"{e} (and no other format satchel reads matches it)") from e
-        raise

@@ -2,16 +2,17 @@
 
 It decides which arrays are stored once (tied weights, views of one base), names the stored
 tensors, orders them so each starts aligned to its item size without padding (SPEC 2.2), and
-computes checksums. The writer in ``_io`` only executes the plan.
+lays out their byte ranges. A plan is frozen data that tests and later splitters (shards, ranks,
+steps) can inspect; :func:`render_header` is a pure function of a plan and its digests, and the
+writer in ``_io`` only executes the plan.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from functools import cached_property
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -26,45 +27,84 @@ from ._format.manifest import (
     encode_manifest,
 )
 from ._format.validate import xxh3_hex
-from ._tree import flatten, unique_names
+from ._tree import Json, flatten, unique_names
 from .adapters import ArrayView, describe, is_array
 from .errors import UnsupportedObjectError
 
-__all__ = ["PLACEHOLDER_DIGEST", "Plan", "plan_save"]
+__all__ = [
+    "PLACEHOLDER_DIGEST",
+    "Plan",
+    "StoredTensor",
+    "digests",
+    "header_len",
+    "plan_save",
+    "render_header",
+]
 
 _RESERVED = frozenset({"__metadata__"})
 _U8 = dtypes.get("uint8")
 PLACEHOLDER_DIGEST = "0" * 16  # same width as every xxh3-64 hex digest
 
 
+class StoredTensor(NamedTuple):
+    """One stored tensor: its true dtype and shape (the manifest's) and its bytes, not copied."""
+
+    name: str
+    dtype: dtypes.DType
+    shape: tuple[int, ...]
+    data: np.ndarray[Any, np.dtype[np.uint8]]
+
+
 @dataclass(frozen=True)
 class Plan:
-    """What the writer executes: each stored tensor's bytes in file order, and how to render
-    the header once their checksums are known (SPEC 3.7 puts them in the header).
+    """What the writer executes, as data.
 
-    Checksums are fixed-width (16 hex digits), so the header's length does not depend on
-    them: a writer may write the data first and the header last (``header_len`` tells where
-    the data starts).
+    ``entries`` are the safetensors header's records in file order (name, wire dtype, shape,
+    byte range relative to the data section); ``stored`` holds the same tensors with their true
+    dtype and their bytes; ``leaves`` and ``skeleton`` restore the user's structure (SPEC 3-4).
+    Checksums are fixed-width (16 hex digits), so the header's length does not depend on them.
     """
 
-    chunks: tuple[np.ndarray[Any, np.dtype[np.uint8]], ...]
-    render: Callable[[Sequence[str]], bytes]
+    entries: tuple[Entry, ...]
+    stored: tuple[StoredTensor, ...]
+    leaves: tuple[Leaf, ...]
+    skeleton: Json
+    metadata: Mapping[str, str]
+    module: str | None = None
 
-    @cached_property
-    def header_len(self) -> int:
-        return len(self.render([PLACEHOLDER_DIGEST] * len(self.chunks)))
+    @property
+    def chunks(self) -> tuple[np.ndarray[Any, np.dtype[np.uint8]], ...]:
+        return tuple(s.data for s in self.stored)
 
     @property
     def data_len(self) -> int:
-        return sum(c.nbytes for c in self.chunks)
+        return self.entries[-1].end if self.entries else 0
 
-    @property
-    def size(self) -> int:
-        return self.header_len + self.data_len
 
-    def digests(self) -> list[str]:
-        """xxh3-64 of every chunk, in order (SPEC 3.7)."""
-        return [xxh3_hex(c) for c in self.chunks]
+def digests(plan: Plan) -> list[str]:
+    """xxh3-64 of every stored tensor, in file order (SPEC 3.7)."""
+    return [xxh3_hex(s.data) for s in plan.stored]
+
+
+def render_header(plan: Plan, digests: Sequence[str]) -> bytes:
+    """The header bytes (length prefix, JSON, padding) of ``plan`` given its digests. Pure."""
+    stored = {
+        s.name: Stored(s.dtype, s.shape, d) for s, d in zip(plan.stored, digests, strict=True)
+    }
+    manifest = encode_manifest(
+        Manifest(plan.skeleton, plan.leaves, stored, dict(plan.metadata), plan.module)
+    )
+    header_meta = {
+        **plan.metadata,
+        MANIFEST_KEY: manifest,
+        MANIFEST_CHECKSUM_KEY: xxh3_hex(manifest.encode("ascii")),
+    }
+    return encode_header(list(plan.entries), header_meta)
+
+
+def header_len(plan: Plan) -> int:
+    """Where the data section starts: the header rendered with placeholder digests."""
+    return len(render_header(plan, [PLACEHOLDER_DIGEST] * len(plan.stored)))
 
 
 @dataclass
@@ -244,7 +284,7 @@ def _bytes_of(arr: np.ndarray[Any, Any]) -> np.ndarray[Any, np.dtype[np.uint8]]:
 
 
 def _layout(
-    skeleton: Any,
+    skeleton: Json,
     leaves: list[Leaf],
     stores: list[_Store],
     meta: dict[str, str],
@@ -259,17 +299,5 @@ def _layout(
         wire_dt, wire_shape = (s.dtype, s.shape) if s.dtype.wire else (_U8, (s.data.nbytes,))
         entries.append(Entry(s.name, wire_dt, wire_shape, pos, pos + s.data.nbytes))
         pos += s.data.nbytes
-
-    def render(digests: Sequence[str]) -> bytes:
-        stored = {
-            s.name: Stored(s.dtype, s.shape, d) for s, d in zip(ordered, digests, strict=True)
-        }
-        manifest = encode_manifest(Manifest(skeleton, tuple(leaves), stored, meta, module))
-        header_meta = {
-            **meta,
-            MANIFEST_KEY: manifest,
-            MANIFEST_CHECKSUM_KEY: xxh3_hex(manifest.encode("ascii")),
-        }
-        return encode_header(entries, header_meta)
-
-    return Plan(tuple(s.data for s in ordered), render)
+    stored = tuple(StoredTensor(s.name, s.dtype, s.shape, s.data) for s in ordered)
+    return Plan(tuple(entries), stored, tuple(leaves), skeleton, meta, module)

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from ._api import load
 from .adapters import is_array
 from .errors import StateMismatchError, UsageError
 
@@ -108,8 +109,6 @@ def load_state(
 def _as_mapping(source: str | os.PathLike[str] | Mapping[str, Any]) -> Mapping[str, Any]:
     if isinstance(source, Mapping):
         return source
-    from ._api import load
-
     loaded = load(source)
     if not isinstance(loaded, Mapping):
         raise UsageError(f"{source}: holds a {type(loaded).__name__}, not a mapping of arrays")

@@ -43,7 +43,25 @@ class SatchelError(Exception):
 
 
 class FormatError(SatchelError, ValueError):
-    """A file is not laid out as its format requires (truncated, malformed header, bad offsets)."""
+    """A file is not laid out as its format requires (truncated, malformed header, bad offsets).
+
+    ``path`` is the file at fault and ``field`` the entry or header field (a tensor's name,
+    ``header length``, ...) when known, so tools need not parse the message; ``reason`` is the
+    message's core without the location and the advice (``satchel verify`` lists it).
+    """
+
+    def __init__(
+        self,
+        message: str = "",
+        *,
+        path: str | None = None,
+        field: str | None = None,
+        reason: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.path = path
+        self.field = field
+        self.reason = reason
 
 
 class IntegrityError(FormatError):

@@ -131,5 +131,9 @@ def _fail(con: Console, args: argparse.Namespace, message: str, e: BaseException
         traceback.print_exception(e, file=con.err)
     con.error(message)
     if con.json_mode:
-        con.emit(args.command, {"error": {"type": type(e).__name__, "message": message}})
+        error: dict[str, str] = {"type": type(e).__name__, "message": message}
+        if isinstance(e, satchel.FormatError):
+            # The file and field at fault as data, so scripts need not parse the message.
+            error.update({k: v for k, v in (("path", e.path), ("field", e.field)) if v})
+        con.emit(args.command, {"error": error})
     return EXIT_ERROR

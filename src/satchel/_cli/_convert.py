@@ -12,7 +12,7 @@ from .._convert import Target
 from ..errors import UsageError
 from ._console import Console
 from ._render import HelpFormatter, human_bytes
-from ._source import detect_format, disk_size
+from ._source import disk_size
 
 __all__ = ["add_parser", "run", "target_for"]
 
@@ -66,8 +66,9 @@ def run(args: argparse.Namespace, con: Console) -> int:
     to = target_for(dst, args.to)
     if (dst.exists() or dst.is_symlink()) and not args.force:
         raise UsageError(f"{dst}: already exists; pass --force to replace it")
-    src_format = detect_format(src)
-    satchel.convert(src, dst, to=to, progress=con.api_progress())
+    with satchel.open(src, framework="numpy") as opened:  # read once: format and data
+        src_format = opened.format
+        satchel.convert(opened, dst, to=to, progress=con.api_progress())
     with satchel.open(dst, verify=False, framework="numpy") as out:
         tensors = len(out.keys())
     src_size, dst_size = disk_size(src), disk_size(dst)

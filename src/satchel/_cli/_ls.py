@@ -55,20 +55,13 @@ def _size(info: satchel.CheckpointInfo) -> int | None:
 
 def run(args: argparse.Namespace, con: Console) -> int:
     root = Path(args.root)
-    reader = satchel.CheckpointManager.reader(root)
-    infos = reader.checkpoints(verify=False)
-    kept = reader.kept_by()
+    view = satchel.CheckpointRoot(root)
+    infos = view.checkpoints(verify=not args.no_verify, progress=con.api_progress())
+    kept = view.kept_by()
     problems: dict[int, str | None] = {i.step: i.problem for i in infos}
-    if not args.no_verify:
-        meter = con.meter(sum(_size(i) or 0 for i in infos), f"verifying {root.name}")
-        for i in infos:
-            if i.record is not None:
-                problems[i.step] = reader.check(i.step)
-                meter.add(_size(i) or 0)
-        meter.finish()
     valid = [i.step for i in infos if i.record is not None and problems[i.step] is None]
     latest = valid[-1] if valid else None
-    policies = [p.name for p in reader.policies]
+    policies = list(view.retention)
     if con.json_mode:
         con.emit(
             "ls",

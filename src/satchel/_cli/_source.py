@@ -9,7 +9,6 @@ step asked for).
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,15 +18,13 @@ import numpy as np
 
 import satchel
 
-from ..errors import FormatError, SatchelError, UsageError
+from .._checkpoint import is_root, is_step_folder
+from ..errors import SatchelError, UsageError
 
-__all__ = ["Entry", "Kind", "Part", "Source", "disk_size", "is_root", "is_step"]
+__all__ = ["Entry", "Kind", "Part", "Source", "disk_size"]
 
 Kind = Literal["file", "checkpoint", "checkpoint-root"]
-Handle = satchel.LazyFile | satchel.ForeignFile
-_STEP = re.compile(r"^step_\d{1,19}$")
-_LOCK = ".satchel.lock"  # SPEC 8.1
-_COMMIT = "manifest.json"  # SPEC 8.2
+Handle = satchel.ArrayFile
 _VALUE_CAP = 10_000  # non-tensor values listed per file; a huge list of ints is not for reading
 
 
@@ -38,20 +35,6 @@ class Entry:
     name: str
     info: satchel.TensorInfo | None
     value: Any = None
-
-
-def is_root(p: Path) -> bool:
-    """A CheckpointManager root: it has the writer's lock file or a ``step_<n>`` folder."""
-    if not p.is_dir():
-        return False
-    if (p / _LOCK).exists():
-        return True
-    return any(_STEP.match(c.name) and c.is_dir() for c in p.iterdir())
-
-
-def is_step(p: Path) -> bool:
-    """A checkpoint folder: named ``step_<n>`` (or holding a commit record) inside a root."""
-    return p.is_dir() and (p / _COMMIT).is_file() and bool(_STEP.match(p.name))
 
 
 def disk_size(p: Path) -> int:
@@ -69,48 +52,25 @@ def disk_size(p: Path) -> int:
     return 0
 
 
-def detect_format(path: Path) -> str:
-    """``satchel.detect``, except that for unknown contents the native reader says what is wrong."""
-    try:
-        return satchel.detect(path)
-    except FormatError as e:
-        if not path.is_file():
-            raise
-        try:
-            satchel.open(path).close()
-        except FormatError as native:
-            raise FormatError(f"{native} (and no other format satchel reads matches it)") from e
-        raise
-
-
 class Part:
     """One readable file of a source: the file itself, or one item of a checkpoint."""
 
     def __init__(self, path: Path, prefix: str = "") -> None:
         self.path, self.prefix = path, prefix
-        self.format = detect_format(path)
-        self._meta: Handle | None = None
-        self._data: Handle | None = None
+        # One open serves names, headers and values: checksums run when a tensor's bytes are
+        # first touched, so listing names reads no data, and nothing is parsed twice.
+        self._handle = satchel.open(path, framework="numpy")
+        self.format = self._handle.format
 
     def handle(self) -> Handle:
-        """For names and headers: the verifying handle if one is open, else a non-verifying one."""
-        if self._data is not None:
-            return self._data
-        if self._meta is None:
-            # verify=False: listing names and shapes must not read (or checksum) the data.
-            self._meta = satchel.open(self.path, framework="numpy", verify=False)
-        return self._meta
+        return self._handle
 
     def data(self) -> Handle:
         """For values: every tensor read through it is checked against its checksum first."""
-        if self._data is None:
-            self._data = satchel.open(self.path, framework="numpy", verify=True)
-        return self._data
+        return self._handle
 
     def close(self) -> None:
-        for h in (self._meta, self._data):
-            if h is not None:
-                h.close()
+        self._handle.close()
 
 
 class Source:
@@ -125,7 +85,7 @@ class Source:
         if is_root(self.path):
             self.kind: Kind = "checkpoint-root"
             self.format = "checkpoint-root"
-            reader = satchel.CheckpointManager.reader(self.path)
+            reader = satchel.CheckpointRoot(self.path)
             self.checkpoints = reader.checkpoints(verify=False)
             self.kept_by = reader.kept_by()
             committed = [i for i in self.checkpoints if i.record is not None]
@@ -137,11 +97,11 @@ class Source:
                 self._open_step(chosen[0])
             elif committed:
                 self._open_step(committed[-1])
-        elif is_step(self.path):
+        elif is_step_folder(self.path):
             if step is not None:
                 raise UsageError(f"{self.path}: --step applies to a checkpoint root only")
             self.kind, self.format = "checkpoint", "checkpoint"
-            reader = satchel.CheckpointManager.reader(self.path.parent)
+            reader = satchel.CheckpointRoot(self.path.parent)
             found = [i for i in reader.checkpoints(verify=False) if i.path.name == self.path.name]
             if not found:
                 raise SatchelError(f"{self.path}: not a step folder of {self.path.parent}")
@@ -194,7 +154,7 @@ class Source:
         for part in self.parts:
             handle = part.handle()
             try:
-                structure = handle.load()  # zero-copy views (mmap) or parsed refs: no data read
+                structure = handle.structure  # TensorInfo where arrays are: no data read
             except SatchelError:
                 structure = None
             if structure is not None:
@@ -255,7 +215,7 @@ def _join(prefix: str, key: str) -> str:
 
 
 def _is_array(x: Any) -> bool:
-    return isinstance(x, (np.ndarray, np.generic))
+    return isinstance(x, (np.ndarray, np.generic, satchel.TensorInfo))
 
 
 def _walk(obj: Any) -> Iterator[tuple[str, Any]]:

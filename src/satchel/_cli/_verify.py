@@ -7,14 +7,12 @@ committed and which of those are valid (every file present, with its recorded si
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 from typing import Any, Literal
 
 import satchel
 
 from ._console import Console
 from ._render import Cell, HelpFormatter, human_bytes, render_table
-from ._source import is_root
 
 __all__ = ["EXIT", "add_parser", "run"]
 
@@ -49,11 +47,9 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, con: Console) -> int:
-    path = Path(args.path)
-    if is_root(path):
-        report, steps = _verify_root(path, con)
-    else:
-        report, steps = satchel.verify(path, progress=con.api_progress()), None
+    report = satchel.verify(args.path, progress=con.api_progress())
+    # A root's report lists its step folders: one row each, committed or not.
+    steps = list(report.checkpoints) if report.format == "checkpoint-root" else None
     if con.json_mode:
         con.emit("verify", _json(report, steps))
     else:
@@ -61,29 +57,10 @@ def run(args: argparse.Namespace, con: Console) -> int:
     return EXIT[report.status]
 
 
-def _verify_root(
-    root: Path, con: Console
-) -> tuple[satchel.VerifyReport, list[tuple[satchel.CheckpointInfo, satchel.VerifyReport]]]:
-    """Each step verified on its own (same checks as ``satchel.verify(root)``), with a bar."""
-    infos = satchel.CheckpointManager.reader(root).checkpoints(verify=False)
-    meter = con.meter(sum(_size(i) for i in infos), f"verifying {root.name}")
-    steps = []
-    for info in infos:
-        if info.record is None:  # no commit record: nothing of it may be loaded (SPEC 8.4)
-            problem = satchel.Problem(str(info.path), info.problem or "not committed")
-            report = satchel.VerifyReport(str(info.path), "checkpoint", "unreadable", 0, (problem,))
-        else:
-            report = satchel.verify(info.path)
-        steps.append((info, report))
-        meter.add(_size(info))
-    meter.finish()
-    problems = tuple(
-        satchel.Problem(f"step {info.step}", "; ".join(p.message for p in r.problems))
-        for info, r in steps
-        if not r.ok
-    )
-    status: Status = "corrupt" if problems else "ok"
-    return satchel.VerifyReport(str(root), "checkpoint-root", status, len(steps), problems), steps
+def _status(info: satchel.CheckpointInfo) -> Status:
+    if info.record is None:  # no commit record: nothing of it may be loaded (SPEC 8.4)
+        return "unreadable"
+    return "corrupt" if info.problem else "ok"
 
 
 def _size(info: satchel.CheckpointInfo) -> int:
@@ -92,7 +69,7 @@ def _size(info: satchel.CheckpointInfo) -> int:
 
 def _json(
     report: satchel.VerifyReport,
-    steps: list[tuple[satchel.CheckpointInfo, satchel.VerifyReport]] | None,
+    steps: list[satchel.CheckpointInfo] | None,
 ) -> dict[str, Any]:
     out: dict[str, Any] = {
         "path": report.path,
@@ -109,11 +86,11 @@ def _json(
                 "step": info.step,
                 "path": str(info.path),
                 "committed": info.record is not None,
-                "valid": r.ok,
-                "status": r.status,
-                "problem": "; ".join(p.message for p in r.problems) or None,
+                "valid": info.problem is None,
+                "status": _status(info),
+                "problem": info.problem,
             }
-            for info, r in steps
+            for info in steps
         ]
     return out
 
@@ -123,7 +100,7 @@ _BADGE = {"ok": ("ok", "green"), "corrupt": ("CORRUPT", "red"), "unreadable": ("
 
 def _text(
     report: satchel.VerifyReport,
-    steps: list[tuple[satchel.CheckpointInfo, satchel.VerifyReport]] | None,
+    steps: list[satchel.CheckpointInfo] | None,
     con: Console,
 ) -> None:
     st = con.style
@@ -131,9 +108,9 @@ def _text(
     con.line(f"{st(word, 'bold', colour)}  {report.path}  {st(_summary(report), 'dim')}")
     if steps is not None:
         rows: list[list[Cell]] = []
-        for info, r in steps:
-            state: Cell = ("valid", ("green",)) if r.ok else (r.status, ("red",))
-            why = "; ".join(p.message for p in r.problems)
+        for info in steps:
+            state: Cell = ("valid", ("green",)) if info.valid else (_status(info), ("red",))
+            why = info.problem or ""
             rows.append(
                 [
                     str(info.step),

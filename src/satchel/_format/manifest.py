@@ -135,7 +135,7 @@ def parse_manifest(text: str, *, where: str) -> Manifest:
             "and optionally 'module'"
         )
     module = doc.get("module")
-    if module is not None and not (isinstance(module, str) and 0 < len(module) <= 1000):
+    if "module" in doc and not (isinstance(module, str) and 0 < len(module) <= 1000):
         raise FormatError(f"{where}: manifest field 'module' must be a non-empty string")
     version = doc["version"]
     if isinstance(version, bool) or not isinstance(version, int) or version != FORMAT_VERSION:

@@ -45,7 +45,7 @@ def atomic_file(path: Path) -> Iterator[int]:
     """
     folder = path.parent
     tmp = folder / f".{path.name}{TMP_MARKER}{os.getpid()}-{secrets.token_hex(4)}"
-    # O_EXCL: two concurrent saves never share a temp file (security.md row 81).
+    # O_EXCL: two concurrent saves never share a temp file (docs/formats.md rule W5).
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     try:
         try:

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import xxhash
 
-from .._plan import Plan
+from .._gcpause import paused_gc
+from .._plan import Plan, digests, render_header
 from .._progress import Progress
 from .atomic import atomic_file, write_all
 
@@ -41,7 +42,9 @@ def write_plan(
     record needs it); a plain save skips that pass over the bytes.
     """
     with atomic_file(path) as fd:
-        header = plan.render(plan.digests())
+        sums = digests(plan)
+        with paused_gc():  # rendering builds the header's many small objects; writing builds none
+            header = render_header(plan, sums)
         digest = _sequential(header, plan, fd, progress, file_digest=file_digest)
     return Written(len(header) + plan.data_len, digest)
 
@@ -65,7 +68,8 @@ def _sequential(
                 progress(done)
 
     pending = bytearray(header)
-    for chunk in plan.chunks:
+    for stored in plan.stored:
+        chunk = stored.data
         if chunk.nbytes >= _BATCH:
             if pending:
                 emit(pending)

@@ -7,57 +7,13 @@ never imports an ML framework (SPEC 6.1). The core sees only :class:`ArrayView` 
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
-from typing import Any, Literal, NamedTuple
 
 import numpy as np
 
-from ..dtypes import DType
+from . import numpy as np_adapter
+from ._view import ArrayView, Framework, Kind, Memory, c_strides
 
 __all__ = ["ArrayView", "Framework", "Kind", "Memory", "c_strides", "describe", "is_array"]
-
-Framework = Literal["numpy", "torch"]
-Kind = Literal["tensor", "parameter", "scalar", "bytes"]
-
-
-class Memory(NamedTuple):
-    """Where an array's elements live, so arrays sharing one allocation can be stored once.
-
-    ``offset`` is in bytes from the allocation start, ``strides`` in elements; ``whole()``
-    returns the allocation as a flat uint8 NumPy array without copying.
-    """
-
-    # A NamedTuple, not a frozen dataclass: as immutable, and 3x cheaper to build, which
-    # matters at one per tensor in files of 50,000 tensors.
-
-    key: object
-    offset: int
-    strides: tuple[int, ...]
-    whole: Callable[[], np.ndarray[Any, np.dtype[np.uint8]]]
-
-
-class ArrayView(NamedTuple):
-    """One array leaf as the planner sees it; ``values()`` is C-contiguous (copies if needed)."""
-
-    # A NamedTuple, not a frozen dataclass: as immutable, and 3x cheaper to build, which
-    # matters at one per tensor in files of 50,000 tensors.
-
-    framework: Framework
-    kind: Kind
-    dtype: DType
-    shape: tuple[int, ...]
-    requires_grad: bool
-    memory: Memory | None
-    values: Callable[[], np.ndarray[Any, Any]]
-
-
-def c_strides(shape: tuple[int, ...]) -> tuple[int, ...]:
-    """Row-major element strides for ``shape`` (zero-size dimensions count as 1)."""
-    out, step = [], 1
-    for n in reversed(shape):
-        out.append(step)
-        step *= max(n, 1)
-    return tuple(reversed(out))
 
 
 def _is_torch(x: object) -> bool:
@@ -85,12 +41,8 @@ def describe(x: object, *, where: str) -> ArrayView:
         UnsupportedObjectError: for object, structured or string arrays and exotic tensors.
     """
     if isinstance(x, (bytes, bytearray)):
-        from . import numpy as np_adapter
-
         return np_adapter.describe_bytes(bytes(x))
     if isinstance(x, (np.ndarray, np.generic)):
-        from . import numpy as np_adapter
-
         return np_adapter.describe(x, where=where)
     from . import torch as torch_adapter
 

@@ -8,7 +8,7 @@ import numpy as np
 
 from .. import dtypes
 from ..errors import UnsupportedObjectError
-from . import ArrayView, Kind, Memory
+from ._view import ArrayView, Kind, Memory
 
 __all__ = ["describe", "describe_bytes", "materialize"]
 

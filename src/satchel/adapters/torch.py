@@ -13,7 +13,8 @@ import torch
 
 from .. import dtypes
 from ..errors import UnsupportedObjectError
-from . import ArrayView, Kind, Memory
+from . import numpy as np_adapter
+from ._view import ArrayView, Kind, Memory
 
 __all__ = [
     "describe",
@@ -108,8 +109,6 @@ def materialize(
     if any(s < 0 for s in strides):
         # torch has no negative strides (NumPy does): this leaf comes back as a copy.
         flipped = base.numpy()
-        from . import numpy as np_adapter
-
         arr = np_adapter.materialize(flipped, dtype, shape, offset, strides)
         return (
             from_numpy(np.ascontiguousarray(arr).reshape(-1).view(np.uint8))

@@ -1,6 +1,6 @@
 """GGUF (llama.cpp / ggml) files, read without ``gguf``: header, metadata and tensors.
 
-Layout (shared/specs/formats.md §7; ggml ``docs/gguf.md``, gguf-py ``constants.py``)::
+Layout (docs/formats.md#gguf; ggml ``docs/gguf.md``, gguf-py ``constants.py``)::
 
     "GGUF" u32 version (2 or 3); u64 tensor_count; u64 kv_count
     kv_count x { string key; u32 value_type; value }     string = u64 len + utf-8
@@ -8,7 +8,7 @@ Layout (shared/specs/formats.md §7; ggml ``docs/gguf.md``, gguf-py ``constants.
     padding to `general.alignment` (default 32); tensor data, each tensor padded the same way
 
 Every count, length, dimension, type id and offset is checked against caps and the bytes that
-remain before it is used (security.md D53-D62, the GGUF CVE class): counts times their smallest
+remain before it is used (docs/formats.md rules N1-N9, the GGUF CVEs): counts times their smallest
 record size must fit, ``n_dims <= 4``, element counts stay below 2**63, the alignment is a power
 of two, keys and tensor names are unique, and tensors tile the data section in order, each at
 the offset ggml itself expects (no holes, overlaps or trailing bytes). Big-endian files (the
@@ -21,7 +21,7 @@ Returned structure, mirroring ``gguf.GGUFReader`` (the fixture's ground truth)::
      "tensors": {<name>: <array>, ...}}               # file order
 
 Scalars become ``int``/``float``/``bool``/``str``, arrays become lists. A tensor of F32, F16,
-BF16, F64, I8, I16, I32 or I64 is an :class:`~satchel.formats._refs.ArrayRef` whose shape is
+BF16, F64, I8, I16, I32 or I64 is an :class:`~satchel._read.refs.ArrayRef` whose shape is
 the reverse of ``ne`` (NumPy order). A quantised tensor is returned undecoded as
 ``{"ggml_type": "Q8_0", "shape": (rows, ..., cols), "blocks": <uint8 ArrayRef>}`` where
 ``blocks`` has gguf-py's shape ``(*shape[:-1], cols // block_size * type_size)``.
@@ -37,11 +37,13 @@ from typing import Any
 import numpy as np
 
 from .. import dtypes
+from .._read.refs import Storage, make_ref
 from ..errors import FormatError
-from ._refs import Storage, make_ref
+from ._codecs.source import map_file
+from ._reader import Probe
 from .numpy import byteswapped
 
-__all__ = ["GGML_TYPES", "MAGIC", "read", "read_gguf", "sniff", "sniff_dir"]
+__all__ = ["GGML_TYPES", "MAGIC", "read", "read_gguf", "sniff"]
 
 MAGIC = b"GGUF"
 _MAX_DIMS = 4  # GGML_MAX_DIMS
@@ -51,7 +53,7 @@ _ALIGNMENT_KEY = "general.alignment"
 _MIN_KV = 8 + 4 + 1  # key length, value type, smallest value
 _MIN_TENSOR = 8 + 4 + 4 + 8  # name length, n_dims, ggml_type, offset
 
-# value_type -> struct code (formats.md §7); 7 bool, 8 string and 9 array are handled apart.
+# value_type -> struct code (docs/formats.md#gguf); 7 bool, 8 string and 9 array are handled apart.
 _SCALARS = {
     0: "B",
     1: "b",
@@ -112,7 +114,7 @@ class _Cursor:
 
     def count(self, what: str, min_size: int) -> int:
         n = int(self.scalar("Q", what))
-        # security.md D53/D59: a count must fit in the bytes that remain.
+        # Rule N1: a count must fit in the bytes that remain.
         if n * min_size > self.remaining():
             raise FormatError(
                 f"{self.where}: {what} is {n} but only {self.remaining()} bytes remain "
@@ -166,7 +168,7 @@ def read_gguf(buf: U8Array, *, where: str) -> dict[str, Any]:
     """The fields and tensors of a GGUF image (see the module docstring for the structure).
 
     Raises:
-        FormatError: anything that breaks formats.md §7 or the checks listed above.
+        FormatError: anything that breaks docs/formats.md#gguf or the checks listed above.
     """
     if len(buf) < 24 or bytes(buf[:4]) != MAGIC:
         raise FormatError(f"{where}: not a GGUF file (no 'GGUF' magic or shorter than 24 bytes)")
@@ -188,7 +190,7 @@ def read_gguf(buf: U8Array, *, where: str) -> dict[str, Any]:
     for i in range(n_kv):
         key = cur.string(f"key of metadata entry {i}")
         vtype = int(cur.scalar("I", f"value type of {key!r}"))
-        # security.md D62: duplicate keys would make readers disagree about the value.
+        # Rule N9: duplicate keys would make readers disagree about the value.
         if key in fields:
             raise FormatError(f"{where}: metadata key {key!r} appears twice")
         fields[key] = cur.value(vtype, f"metadata {key!r}")
@@ -240,15 +242,15 @@ def _tensor_info(cur: _Cursor, i: int) -> tuple[str, tuple[int, ...], int, int]:
     where = cur.where
     name = cur.string(f"name of tensor {i}")
     n_dims = int(cur.scalar("I", f"n_dims of tensor {name!r}"))
-    if n_dims > _MAX_DIMS:  # security.md D54
+    if n_dims > _MAX_DIMS:  # rule N2
         raise FormatError(f"{where}: tensor {name!r} has {n_dims} dimensions; ggml allows 4")
     ne = [int(cur.scalar("Q", f"ne of tensor {name!r}")) for _ in range(n_dims)]
     gtype = int(cur.scalar("I", f"ggml_type of tensor {name!r}"))
     offset = int(cur.scalar("Q", f"offset of tensor {name!r}"))
-    if gtype not in GGML_TYPES:  # security.md D61
+    if gtype not in GGML_TYPES:  # rule N8
         raise FormatError(f"{where}: tensor {name!r} has unknown ggml_type {gtype}")
     tname, block, _, _ = GGML_TYPES[gtype]
-    # security.md D55: Python ints cannot wrap; ggml requires every count below 2**63.
+    # Rule N3: Python ints cannot wrap; ggml requires every count below 2**63.
     if any(n >= 2**63 for n in ne) or math.prod(ne) >= 2**63:
         raise FormatError(f"{where}: tensor {name!r} dimensions {ne} overflow 64 bits")
     if (ne[0] if ne else 1) % block:
@@ -260,7 +262,7 @@ def _tensor_info(cur: _Cursor, i: int) -> tuple[str, tuple[int, ...], int, int]:
 
 
 def _alignment(value: Any, vtype: int, where: str) -> int:
-    # security.md D57 and D60: the right type, a non-zero power of two, and sane.
+    # Rules N5 and N7: the right type, a non-zero power of two, and sane.
     if vtype != 4 or not 0 < value <= _MAX_ALIGNMENT or value & (value - 1):
         raise FormatError(
             f"{where}: {_ALIGNMENT_KEY} must be a uint32 power of two up to {_MAX_ALIGNMENT}, "
@@ -274,17 +276,11 @@ def _pad(n: int, alignment: int) -> int:
 
 
 # -- registry hooks -----------------------------------------------------------------------------
-def sniff(pr: Any) -> bool:
+def sniff(probe: Probe) -> bool:
     """The ``GGUF`` magic."""
-    return bytes(pr.head[:4]) == MAGIC
-
-
-def sniff_dir(pr: Any) -> bool:
-    return False
+    return probe.head[:4] == MAGIC
 
 
 def read(path: Path, *, verify: bool = True) -> dict[str, Any]:
     """``{"fields": ..., "tensors": ...}`` of a GGUF file (see the module docstring)."""
-    from ._source import map_file
-
     return read_gguf(map_file(path), where=str(path))

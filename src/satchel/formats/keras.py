@@ -1,9 +1,9 @@
 """Keras files without Keras: ``.keras`` zips, Keras 3 ``.weights.h5`` and legacy Keras 2 ``.h5``.
 
-Layouts: formats.md §5. HDF5 is read through ``h5py``, an optional dependency imported only here
+Layouts: docs/formats.md#keras. HDF5 is read through ``h5py``, an optional dependency used only here
 and only when an HDF5 file is read (``pip install satchel[keras]``); nothing else from Keras is
 needed, and nothing a file names is ever imported or called: ``config.json``, ``metadata.json``
-and the ``model_config``/``training_config`` attributes are JSON *data* (security.md row 19).
+and the ``model_config``/``training_config`` attributes are JSON *data* (docs/formats.md rule P11).
 
 :func:`read` returns
 
@@ -16,7 +16,7 @@ and the ``model_config``/``training_config`` attributes are JSON *data* (securit
   ``model.weights.h5`` as the tree above, other members (``assets/``) as ``bytes``. A
   ``model.weights.npz`` member is refused: Keras stores its variables there as pickles.
 
-HDF5 itself is the unsafe part (security.md row 64): links to other files, virtual and
+HDF5 itself is the unsafe part (docs/formats.md rule Z8): links to other files, virtual and
 external-storage datasets and filter plugins are refused before any data is read, and a
 dataset may not declare more bytes than its storage can hold (a fill-value bomb). The HDF5 C
 library still parses the file; run untrusted HDF5 in a separate process if a crash matters.
@@ -47,10 +47,11 @@ import numpy as np
 
 from .._tree import MAX_DEPTH
 from ..errors import FormatError, FrameworkNotAvailableError, SatchelError, UnsafeContentError
-from ._source import map_file
-from ._zip import read_member, zip_members
+from ._codecs.source import map_file
+from ._codecs.zip import read_member, zip_members
+from ._reader import Probe
 
-__all__ = ["HDF5_MAGIC", "attributes", "read", "sniff", "sniff_dir"]
+__all__ = ["HDF5_MAGIC", "attributes", "read", "sniff"]
 
 HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 _SUPERBLOCK_AT = (0, 512, 1024, 2048)  # HDF5 allows a user block before the superblock
@@ -292,19 +293,17 @@ def attributes(path: str | os.PathLike[str]) -> dict[str, dict[str, Any]]:
     return walk.attrs if walk is not None else {}
 
 
-def sniff(pr: Any) -> bool:
+def sniff(probe: Probe) -> bool:
     """HDF5 magic, or a zip whose first member is one that ``model.save`` writes."""
-    head: bytes = pr.head
+    head = probe.head
+    if probe.is_dir:
+        return False
     if _is_hdf5(head):
         return True
     if head[:4] != b"PK\x03\x04" or len(head) < 30:
         return False
     first = head[30 : 30 + int.from_bytes(head[26:28], "little")]
     return first.decode("utf-8", "replace") in _KERAS_MEMBERS
-
-
-def sniff_dir(pr: Any) -> bool:
-    return False
 
 
 def read(path: Path, *, verify: bool = True) -> dict[str, Any]:

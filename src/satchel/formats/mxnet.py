@@ -1,11 +1,11 @@
 """MXNet files without MXNet: NDArray lists (``.params``, ``nd.save``, ``.npx``) and trainer states.
 
-Layouts: shared/specs/formats.md §2 (``src/ndarray/ndarray.cc`` ``NDArray::Save/Load/LegacyLoad``,
+Layouts: docs/formats.md#mxnet (``src/ndarray/ndarray.cc`` ``NDArray::Save/Load/LegacyLoad``,
 MXNet 1.9.1). A list file is ``u64 0x112, u64 reserved, u64 n, n records, u64 n_names, names``;
 it loads as a dict (named, file order) or a list (unnamed), as ``mx.nd.load`` returns. Records of
 every generation are read: V3 (numpy semantics, 0-d allowed), V2 (storage type), V1 (int64 shape)
 and the pre-V1 legacy record whose first word is the ndim. A record with no shape (a "none"
-array) is ``None``. Dense arrays are :class:`~satchel.formats._refs.ArrayRef` views of the file.
+array) is ``None``. Dense arrays are :class:`~satchel._read.refs.ArrayRef` views of the file.
 
 Sparse arrays are returned as their stored parts, never densified (a tiny file could declare a
 huge dense shape)::
@@ -18,6 +18,9 @@ satchel's interpreter with the allowlist of §2: ``NDArray`` (rebuilt from its `
 one record), ``bytearray``, ``OrderedDict`` and the optimizer and LR-scheduler classes, which
 become plain dicts of their ``__dict__`` (optimizers gain ``param_dict = {}`` as their
 ``__setstate__`` does). Every other global raises :class:`~satchel.errors.UnsafeContentError`.
+
+Symbol graphs (``-symbol.json``) are read as plain data by ``_mxnet_symbol``: what
+``mx.sym.load`` lists (arguments, auxiliary states, outputs) and the nodes; nothing is evaluated.
 """
 
 from __future__ import annotations
@@ -31,10 +34,14 @@ from typing import Any
 import numpy as np
 
 from .. import dtypes
+from .._read.refs import ArrayRef, Storage, make_ref
 from .._tree import MAX_DEPTH
 from ..errors import FormatError, UnsafeContentError
-from ._pickle import Buildable, Global, unpickle
-from ._refs import ArrayRef, Storage, make_ref
+from ._codecs.pickle import Buildable, Global, unpickle
+from ._codecs.source import map_file
+from ._mxnet_symbol import MAX_SYMBOL, read_symbol, sniff_symbol
+from ._reader import Probe
+from ._torch_pickle import ALLOWED as TORCH
 
 __all__ = ["ALLOWED", "LIST_MAGIC", "read", "read_list", "read_record", "read_states", "sniff"]
 
@@ -42,7 +49,7 @@ LIST_MAGIC = 0x112  # kMXAPINDArrayListMagic
 _V1, _V2, _V3 = 0xF993FAC8, 0xF993FAC9, 0xF993FACA
 _MAX_NDIM = 32  # far above any MXNet array; bounds a garbage ndim before dims are read
 _LEGACY_MIN = 4  # smallest record: a pre-V1 "none" array is just its zero ndim
-# mshadow TypeFlag -> satchel dtype (formats.md §2.2)
+# mshadow TypeFlag -> satchel dtype (docs/formats.md#mxnet-record)
 _TYPE_FLAGS = (
     "float32", "float64", "float16", "uint8", "int32", "int8", "int64", "bool", "int16",
     "uint16", "uint32", "uint64", "bfloat16",
@@ -188,7 +195,7 @@ def read_list(buf: U8Array, *, where: str) -> dict[str, Any] | list[Any]:
         raise FormatError(f"{where}: not an MXNet NDArray file (no 0x112 list magic)")
     cur.num("Q", "reserved word")  # written as 0, never checked by MXNet
     n = cur.num("Q", "array count")
-    if n * _LEGACY_MIN > len(buf) - cur.pos:  # security.md D53
+    if n * _LEGACY_MIN > len(buf) - cur.pos:  # rule N1
         raise FormatError(f"{where}: array count {n} cannot fit in a {len(buf)}-byte file")
     arrays = [read_record(cur, f"array {i}") for i in range(n)]
     n_names = cur.num("Q", "name count")
@@ -289,8 +296,6 @@ def _reconstructor(cls: Any, base: Any, state: Any, *, where: str) -> _ObjectStu
 
 
 def _build_allowlist() -> dict[tuple[str, str], Global]:
-    from .torch import ALLOWED as TORCH
-
     nd = Global("mxnet.ndarray.ndarray.NDArray", call=_ndarray)
     table = {
         ("mxnet.ndarray.ndarray", "NDArray"): nd,
@@ -376,23 +381,28 @@ def _resolve(x: Any, where: str, memo: dict[int, Any], depth: int) -> Any:
 _STATE_MARKERS = (b"mxnet.ndarray", b"mxnet.optimizer", b"mxnet.numpy")
 
 
-def sniff(pr: Any) -> bool:
-    """The list magic, or a pickle whose opening bytes name MXNet classes (trainer states)."""
-    head: bytes = pr.head
+def sniff(probe: Probe) -> bool:
+    """The list magic, a pickle whose opening bytes name MXNet classes (trainer states), or
+    nnvm graph JSON (a ``-symbol.json``)."""
+    head = probe.head
+    if probe.is_dir:
+        return False
     if head[:8] == LIST_MAGIC.to_bytes(8, "little"):
+        return True
+    if sniff_symbol(head):
         return True
     return head[:1] in (b"\x80", b"(") and any(m in head for m in _STATE_MARKERS)
 
 
-def sniff_dir(pr: Any) -> bool:
-    return False
-
-
 def read(path: Path, *, verify: bool = True) -> Any:
-    """A list file as dict or list, or trainer states as ``(states, optimizer_dict)``."""
-    from ._source import map_file
-
+    """A list file as dict or list, trainer states as ``(states, optimizer_dict)``, or a
+    symbol graph as ``{"list_arguments", "list_auxiliary_states", "list_outputs", "nodes"}``."""
     data = map_file(path)
+    where = str(path)
     if bytes(data[:8]) == LIST_MAGIC.to_bytes(8, "little"):
-        return read_list(data, where=str(path))
-    return read_states(data, where=str(path))
+        return read_list(data, where=where)
+    if sniff_symbol(bytes(data[:4096])):
+        if data.nbytes > MAX_SYMBOL:
+            raise FormatError(f"{where}: symbol JSON larger than {MAX_SYMBOL} bytes")
+        return read_symbol(data.tobytes(), where=where)
+    return read_states(data, where=where)

@@ -1,8 +1,8 @@
 """NumPy ``.npz`` archives: a zip of ``<key>.npy`` members, stored or deflated.
 
-Layout: shared/specs/formats.md §6 (``np.savez`` stores, ``np.savez_compressed`` deflates; MXNet
+Layout: docs/formats.md#npz (``np.savez`` stores, ``np.savez_compressed`` deflates; MXNet
 2.0 and Keras ``.weights.npz`` write the same). The zip is validated by ``_zip`` (safe names, no
-overlaps, capped inflation); every member must be a ``.npy`` (security.md B27: no unlisted
+overlaps, capped inflation); every member must be a ``.npy`` (rule Z1: no unlisted
 members) and is read by :func:`satchel.formats.numpy.read_npy`. The result is what
 ``np.load(path)`` offers: a dict from key (member name without ``.npy``) to array, in archive
 order.
@@ -14,30 +14,30 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import FormatError
-from ._zip import read_member, zip_members
+from ._codecs.source import map_file
+from ._codecs.zip import read_member, zip_members
+from ._reader import Probe
 from .numpy import read_npy
 
-__all__ = ["read", "sniff", "sniff_dir"]
+__all__ = ["read", "sniff"]
 
 _SUFFIX = ".npy"
 
 
-def sniff(pr: Any) -> bool:
+def sniff(probe: Probe) -> bool:
     """A zip whose first member's name ends in ``.npy`` (torch and keras zips never do).
 
     An empty zip (only its end record, what ``np.savez(path)`` writes) is an empty ``.npz``.
     """
-    head: bytes = pr.head
+    head = probe.head
+    if probe.is_dir:
+        return False
     if head[:4] == b"PK\x05\x06":
         return True
     if head[:4] != b"PK\x03\x04" or len(head) < 30:
         return False
     name_len = int.from_bytes(head[26:28], "little")
     return head[30 : 30 + name_len].endswith(_SUFFIX.encode())
-
-
-def sniff_dir(pr: Any) -> bool:
-    return False
 
 
 def read(path: Path, *, verify: bool = True) -> dict[str, Any]:
@@ -49,8 +49,6 @@ def read(path: Path, *, verify: bool = True) -> dict[str, Any]:
         FormatError: a damaged zip, a member that is not a ``.npy``, a bad ``.npy``.
         UnsafeContentError: a member holds an object array (a pickle).
     """
-    from ._source import map_file
-
     where = str(path)
     data = map_file(path)
     members = zip_members(data, where=where)

@@ -1,6 +1,6 @@
 """NumPy ``.npy`` files without ``np.load``: a strict header parser and zero-copy arrays.
 
-Layout (shared/specs/formats.md §6, from numpy ``lib/_format_impl.py``)::
+Layout (docs/formats.md#npy, from numpy ``lib/_format_impl.py``)::
 
     b"\\x93NUMPY" u8 major u8 minor
     v1.0: u16 LE header_len (latin1)   v2.0: u32 LE header_len (latin1)   v3.0: u32 (utf8)
@@ -10,10 +10,10 @@ Layout (shared/specs/formats.md §6, from numpy ``lib/_format_impl.py``)::
 numpy reads the header with ``ast.literal_eval``; we never evaluate anything. A tiny parser
 accepts exactly the literal grammar numpy writes (strings, ints, booleans, tuples, lists, one
 dict) and refuses the rest, after capping the header at numpy's own default of 10000 bytes
-(security.md D63). Object arrays (``'|O'``) hold a pickle after the header and are refused
-without reading it (security.md A20, CVE-2019-6446).
+(docs/formats.md rule N10). Object arrays (``'|O'``) hold a pickle after the header and are refused
+without reading it (rule P10, CVE-2019-6446).
 
-Returned values: dtypes in satchel's table become :class:`~satchel.formats._refs.ArrayRef`
+Returned values: dtypes in satchel's table become :class:`~satchel._read.refs.ArrayRef`
 views of the file (Fortran order as strides; big-endian data byteswapped into a copy once).
 Other dtypes (structured records, strings, datetimes) come back as NumPy arrays viewing the
 file bytes, converted to native byte order when the file's order differs.
@@ -26,12 +26,15 @@ from pathlib import Path
 from typing import Any, ClassVar, cast
 
 import numpy as np
+from numpy.lib.format import descr_to_dtype
 
 from .. import dtypes
+from .._read.refs import ArrayRef, Storage, c_strides, make_ref
 from ..errors import FormatError, UnsafeContentError
-from ._refs import ArrayRef, Storage, c_strides, make_ref
+from ._codecs.source import map_file
+from ._reader import Probe
 
-__all__ = ["MAGIC", "MAX_HEADER", "parse_header", "read", "read_npy", "sniff", "sniff_dir"]
+__all__ = ["MAGIC", "MAX_HEADER", "parse_header", "read", "read_npy", "sniff"]
 
 MAGIC = b"\x93NUMPY"
 MAX_HEADER = 10_000  # numpy's default max_header_size: literal headers are never larger
@@ -52,7 +55,7 @@ def read_npy(buf: U8Array, *, where: str) -> ArrayRef | np.ndarray[Any, Any]:
     """
     descr, fortran, shape, start = parse_header(buf, where=where)
     dt = _dtype(descr, where)
-    # Python ints: np.prod would wrap silently (security.md C47).
+    # Python ints: np.prod would wrap silently (rule N3).
     nbytes = math.prod(shape) * dt.itemsize
     if start + nbytes != len(buf):
         raise FormatError(
@@ -103,7 +106,7 @@ def parse_header(buf: U8Array, *, where: str) -> tuple[Any, bool, tuple[int, ...
         raise FormatError(f"{where}: .npy file ends inside its header length")
     header_len = int.from_bytes(bytes(buf[8 : 8 + size_len]), "little")
     start = 8 + size_len + header_len
-    # security.md D63: check the declared length before touching that many bytes.
+    # Rule N10: check the declared length before touching that many bytes.
     if header_len > MAX_HEADER:
         raise FormatError(
             f"{where}: .npy header_len {header_len} exceeds the {MAX_HEADER}-byte cap "
@@ -137,8 +140,6 @@ def parse_header(buf: U8Array, *, where: str) -> tuple[Any, bool, tuple[int, ...
 
 
 def _dtype(descr: Any, where: str) -> np.dtype[Any]:
-    from numpy.lib.format import descr_to_dtype
-
     if not isinstance(descr, (str, list)):
         raise FormatError(f"{where}: .npy descr {str(descr)[:80]} is not a dtype description")
     try:
@@ -147,7 +148,7 @@ def _dtype(descr: Any, where: str) -> np.dtype[Any]:
     except (TypeError, ValueError, KeyError, IndexError, OverflowError, SyntaxError) as e:
         raise FormatError(f"{where}: .npy descr {str(descr)[:80]} is not a valid dtype") from e
     if dt.hasobject:
-        # security.md A20: the payload of an object array is a pickle; never read it.
+        # Rule P10: the payload of an object array is a pickle; never read it.
         raise UnsafeContentError(
             f"{where}: .npy array of dtype {dt.str} holds Python objects stored as a pickle; "
             "satchel never unpickles. Convert it to a numeric array in a trusted environment"
@@ -290,17 +291,11 @@ class _Literal:
 
 
 # -- registry hooks -----------------------------------------------------------------------------
-def sniff(pr: Any) -> bool:
+def sniff(probe: Probe) -> bool:
     """The ``\\x93NUMPY`` magic."""
-    return bytes(pr.head[:6]) == MAGIC
-
-
-def sniff_dir(pr: Any) -> bool:
-    return False
+    return probe.head[:6] == MAGIC
 
 
 def read(path: Path, *, verify: bool = True) -> Any:
     """The array a ``.npy`` file holds (see the module docstring for its type)."""
-    from ._source import map_file
-
     return read_npy(map_file(path), where=str(path))

@@ -1,4 +1,4 @@
-"""OneFlow checkpoints without OneFlow: all three generations (shared/specs/formats.md §3).
+"""OneFlow checkpoints without OneFlow: all three generations (docs/formats.md#oneflow).
 
 (a) legacy snapshot folder: ``<var>/meta`` (protobuf text) + ``<var>/out`` (raw bytes),
     ``snapshot_done``; (b) ``oneflow.save`` 0.5-0.9 folder: ``pickled_data`` + ``tensor_N/``;
@@ -18,13 +18,14 @@ from typing import Any, Literal
 import numpy as np
 
 from .. import dtypes
+from .._read.refs import ArrayRef, Deferred, Storage, make_ref, ref_of_ndarray
 from ..errors import FormatError, UnsafeContentError
-from ._ndarray_pickle import NDARRAY_GLOBALS
-from ._pickle import Buildable, Global, unpickle
-from ._refs import ArrayRef, Deferred, Storage, make_ref, ref_of_ndarray
-from ._source import map_file
+from ._codecs.pickle import Buildable, Global, unpickle
+from ._codecs.pickle_ndarray import NDARRAY_GLOBALS
+from ._codecs.source import map_file
+from ._reader import Probe
 
-__all__ = ["DATA_TYPES", "parse_meta", "read", "sniff", "sniff_dir"]
+__all__ = ["DATA_TYPES", "parse_meta", "read", "sniff"]
 
 # oneflow/core/common/data_type.proto: enum value -> (text name, satchel dtype)
 DATA_TYPES: dict[int, tuple[str, str]] = {
@@ -204,15 +205,13 @@ def _payload(value: Any, *, where: str, single_file: bool) -> Any:
 
 
 # -- registry hooks -----------------------------------------------------------------------------
-def sniff(pr: Any) -> bool:
-    """A protocol 2+ pickle naming the ``__oneflow__`` key near its start (generation c)."""
-    head: bytes = pr.head
-    return head[:1] == b"\x80" and b"__oneflow__" in head[:256]
-
-
-def sniff_dir(pr: Any) -> bool:
-    p: Path = pr.path
-    return (p / "pickled_data").is_file() or (p / "snapshot_done").is_file()
+def sniff(probe: Probe) -> bool:
+    """A protocol 2+ pickle naming the ``__oneflow__`` key near its start (generation c), or a
+    folder with ``pickled_data`` (generation b) or ``snapshot_done`` (generation a)."""
+    if probe.is_dir:
+        p = probe.path
+        return (p / "pickled_data").is_file() or (p / "snapshot_done").is_file()
+    return probe.head[:1] == b"\x80" and b"__oneflow__" in probe.head[:256]
 
 
 def read(path: Path, *, verify: bool = True) -> Any:

@@ -1,4 +1,4 @@
-"""Orbax (JAX) checkpoints without JAX, Orbax or tensorstore: formats.md "Extra: Orbax".
+"""Orbax (JAX) checkpoints without JAX, Orbax or tensorstore: docs/formats.md#orbax.
 
 ``StandardCheckpointer.save(dir, pytree)`` (and ``PyTreeCheckpointer``) writes a folder:
 
@@ -7,8 +7,8 @@
   (``value_type``: ``jax.Array``, ``np.ndarray``, ``scalar``, or an empty ``Dict``/``List``/
   ``Tuple``/``None``). The stringified tuple keys are never evaluated: the lists are the truth.
 * ``manifest.ocdbt`` and ``d/``, ``ocdbt.process_N/``: a tensorstore OCDBT database
-  (:mod:`._ocdbt`) in which each array is a zarr array named by its key path joined with ``.``
-  (:mod:`._zarr`).
+  (:mod:`._codecs.ocdbt`) in which each array is a zarr array named by its key path joined
+  with ``.`` (:mod:`._codecs.zarr`).
 * ``_CHECKPOINT_METADATA``, ``_sharding``, ``array_metadatas/``, ``commit_success.txt``:
   bookkeeping this reader does not need.
 
@@ -32,10 +32,11 @@ from typing import Any
 from .._format.header import json_object
 from .._tree import MAX_DEPTH
 from ..errors import FormatError
-from ._ocdbt import MANIFEST, MANIFEST_MAGIC, Store, open_store, read_capped
-from ._zarr import read_array
+from ._codecs.ocdbt import MANIFEST, MANIFEST_MAGIC, Store, open_store, read_capped
+from ._codecs.zarr import read_array
+from ._reader import Probe
 
-__all__ = ["read", "sniff", "sniff_dir"]
+__all__ = ["read", "sniff"]
 
 METADATA = "_METADATA"
 CHECKPOINT_METADATA = "_CHECKPOINT_METADATA"
@@ -170,13 +171,10 @@ def _has_manifest(folder: Path) -> bool:
         return False
 
 
-def sniff(pr: Any) -> bool:
-    """Orbax checkpoints are folders; a file is never one."""
-    return False
-
-
-def sniff_dir(pr: Any) -> bool:
+def sniff(probe: Probe) -> bool:
     """A folder with an OCDBT ``manifest.ocdbt`` and ``_METADATA`` or ``_CHECKPOINT_METADATA``."""
-    folder = Path(pr.path)
+    if not probe.is_dir:
+        return False  # Orbax checkpoints are folders; a file is never one
+    folder = probe.path
     has_meta = (folder / METADATA).is_file() or (folder / CHECKPOINT_METADATA).is_file()
     return has_meta and _has_manifest(folder)

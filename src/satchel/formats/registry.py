@@ -1,36 +1,38 @@
-"""The readers satchel knows, in the order detection asks them (most specific first).
+"""The foreign readers satchel knows, by name, in the order detection asks them.
 
-Each module offers ``sniff(probe)``, ``sniff_dir(probe)`` and ``read(path, *, verify)``;
-``read`` returns the structure the framework's own loader returns, arrays as
-:class:`~satchel.formats._refs.ArrayRef` or NumPy arrays.
+Most specific first: a torch zip before ``.npz`` and ``.keras`` zips (their first members tell
+them apart, and torch's may come in any order), folders after files. satchel's own format and
+plain safetensors are sniffed by ``detect`` itself and read by ``satchel._read``.
 """
 
 from __future__ import annotations
 
-from types import ModuleType
-
-from . import gguf, keras, mxnet, native, npz, numpy, oneflow, orbax, tar, tensorflow, torch
+from . import gguf, keras, mxnet, npz, numpy, oneflow, orbax, tar, tensorflow, torch
+from ._reader import ForeignName, Reader
 
 __all__ = ["READERS", "reader"]
 
-READERS: list[tuple[str, ModuleType]] = [
-    ("safetensors", native),
-    ("torch", torch),
-    ("oneflow", oneflow),
-    ("numpy", numpy),
-    ("npz", npz),
-    ("gguf", gguf),
-    ("mxnet", mxnet),
-    ("tensorflow", tensorflow),
-    ("keras", keras),
-    ("orbax", orbax),
-    ("torch-tar", tar),
-]
+READERS: dict[ForeignName, Reader] = {
+    "torch": torch,
+    "oneflow": oneflow,
+    "numpy": numpy,
+    "npz": npz,
+    "gguf": gguf,
+    "mxnet": mxnet,
+    "tensorflow": tensorflow,
+    "keras": keras,
+    "orbax": orbax,
+    "torch-tar": tar,
+}
 
 
-def reader(name: str) -> ModuleType:
-    """The module reading format ``name``."""
-    for n, module in READERS:
+def reader(name: str) -> Reader:
+    """The reader of format ``name``.
+
+    Raises:
+        KeyError: no reader has that name (``satchel`` and ``safetensors`` are not foreign).
+    """
+    for n, r in READERS.items():
         if n == name:
-            return module
+            return r
     raise KeyError(name)

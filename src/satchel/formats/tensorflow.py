@@ -1,4 +1,4 @@
-"""TensorFlow tensor bundles ("V2" checkpoints) without TensorFlow: formats.md §4.
+"""TensorFlow tensor bundles ("V2" checkpoints) without TensorFlow: docs/formats.md#tensorflow.
 
 A checkpoint is named by its *prefix* ``P``: ``P.index`` (a table of ``BundleEntryProto``s keyed
 by tensor name, §4.1-4.2) and the shards ``P.data-0000k-of-0000N`` (raw bytes, §4.3). Any of
@@ -8,7 +8,7 @@ the ``.index`` file, or the prefix. Shard names are derived from the prefix, nev
 
 :func:`read` returns what ``tf.train.load_checkpoint(P)`` offers through ``get_tensor``: a flat
 dict ``{tensor name: value}`` in TF's (sorted) order. Numeric tensors are
-:class:`~satchel.formats._refs.ArrayRef` views of the mapped shard (NumPy arrays when merged
+:class:`~satchel._read.refs.ArrayRef` views of the mapped shard (NumPy arrays when merged
 from slices, byte-swapped or of a dtype satchel does not store). ``DT_STRING`` tensors become
 ``bytes`` (0-d) or nested lists of ``bytes``, which satchel can save (``S`` arrays it cannot).
 Partitioned variables come back merged under their own name, their slice entries hidden, as
@@ -38,9 +38,10 @@ import ml_dtypes
 import numpy as np
 
 from .. import dtypes
+from .._read.refs import Storage, make_ref
 from ..errors import FormatError, IntegrityError
-from ._crc32c import crc32c, unmask
-from ._protobuf import (
+from ._codecs.crc32c import crc32c, unmask
+from ._codecs.protobuf import (
     BundleEntry,
     BundleHeader,
     parse_entry,
@@ -49,9 +50,9 @@ from ._protobuf import (
     read_varint,
     readable_paths,
 )
-from ._refs import Storage, make_ref
-from ._source import map_file
-from ._sstable import FOOTER_SIZE, MAGIC, read_table, slice_key
+from ._codecs.source import map_file
+from ._codecs.sstable import FOOTER_SIZE, MAGIC, read_table, slice_key
+from ._reader import Probe
 
 __all__ = [
     "OBJECT_GRAPH_KEY",
@@ -59,7 +60,6 @@ __all__ = [
     "read",
     "resolve_prefix",
     "sniff",
-    "sniff_dir",
     "split_key",
 ]
 
@@ -69,7 +69,7 @@ _STATE_CAP = 1 << 20  # a CheckpointState is a few lines; more is not one
 _MAX_SHARDS = 99_999  # naming.cc formats the shard count with %05d
 _DT_STRING = 7
 _BUNDLE_VERSION = 1  # kTensorBundleVersion; readers call CheckVersions(version, 1, 0)
-# DataType enum (formats.md §4.2) -> satchel dtype; quantized types read as their integer type.
+# DataType enum (docs/formats.md#tf-protos) -> satchel dtype; quantized types read as integers.
 _DTYPES = {1: "float32", 2: "float64", 3: "int32", 4: "uint8", 5: "int16", 6: "int8",
            8: "complex64", 9: "int64", 10: "bool", 11: "int8", 12: "uint8", 13: "int32",
            14: "bfloat16", 15: "int16", 16: "uint16", 17: "uint16", 18: "complex128",
@@ -301,7 +301,7 @@ def _checked_size(data: U8Array, shape: tuple[int, ...], itemsize: int, where: s
 def _strings(
     data: U8Array, shape: tuple[int, ...], entry: BundleEntry, *, where: str, verify: bool
 ) -> Any:
-    """A DT_STRING tensor (formats.md §4.3): varint lengths, their masked CRC, then the bytes."""
+    """A DT_STRING tensor (docs/formats.md#tf-data): varint lengths, their masked CRC, the bytes."""
     n = math.prod(shape)
     buf = data.data
     if n > len(buf) or math.prod(shape[:-1]) > max(n, 1 << 16):
@@ -341,7 +341,7 @@ def _nest(flat: list[bytes], shape: tuple[int, ...]) -> Any:
 def _merge(
     b: _Bundle, name: str, entry: BundleEntry, shape: tuple[int, ...], *, verify: bool
 ) -> Any:
-    """A partitioned variable's slices copied into one array (formats.md §4.2)."""
+    """A partitioned variable's slices copied into one array (docs/formats.md#tf-protos)."""
     where = f"{b.prefix}: partitioned tensor {name!r}"
     dt = _dtype(entry.dtype, where) if entry.dtype != _DT_STRING else None
     if dt is None:
@@ -422,23 +422,25 @@ def split_key(key: str) -> list[str]:
 
 
 # -- registry hooks -----------------------------------------------------------------------------
-def sniff(pr: Any) -> bool:
-    """A bundle ``.index`` (table magic, empty first key), its prefix, or a state file."""
-    if pr.size == -1:
-        return _looks_like_index(Path(f"{pr.path}.index"))
-    return _index_bytes(pr.head, pr.tail, pr.size) or _is_state_text(pr.head)
+def sniff(probe: Probe) -> bool:
+    """A bundle ``.index`` (table magic, empty first key), its prefix, or a state file; a folder
+    with a ``checkpoint`` state file or exactly one bundle ``.index``."""
+    if probe.is_dir:
+        return _sniff_folder(probe.path)
+    if probe.size == -1:
+        return _looks_like_index(Path(f"{probe.path}.index"))
+    return _index_bytes(probe.head, probe.tail, probe.size) or _is_state_text(probe.head)
 
 
-def sniff_dir(pr: Any) -> bool:
-    """A folder with a ``checkpoint`` state file, or exactly one bundle ``.index``."""
-    state = Path(pr.path) / _STATE_FILE
+def _sniff_folder(folder: Path) -> bool:
+    state = folder / _STATE_FILE
     if state.is_file():
         try:
             with state.open("rb") as f:
                 return _is_state_text(f.read(4096))
         except OSError:
             return False
-    return sum(1 for p in _index_files(Path(pr.path)) if _looks_like_index(p)) == 1
+    return sum(1 for p in _index_files(folder) if _looks_like_index(p)) == 1
 
 
 def read(path: Path, *, verify: bool = True) -> dict[str, Any]:

@@ -1,29 +1,47 @@
 """PyTorch ``torch.save`` files without torch: the zip archive and the legacy pickle stream.
 
-Layouts: shared/specs/formats.md §1 (the legacy stream reader is in ``torch_legacy``). The
-pickle goes through satchel's interpreter with the allowlist below (the data-only subset of
-``torch/_weights_only_unpickler.py``); storages become :class:`~satchel.formats._refs.Storage`
-slices of the mapped file, so tensors that shared a storage in torch share memory here too.
+Layouts: docs/formats.md#torch (the legacy stream reader is in ``torch_legacy``, the
+allowlist both share in ``_torch_pickle``). The pickle goes through satchel's interpreter; storages
+become :class:`~satchel._read.refs.Storage` slices of the mapped file, so tensors that shared a
+storage in torch share memory here too.
+
+Every zip member carries a CRC-32 that ``torch.load`` never checks (a flipped bit in a tensor
+loads as a changed value). With ``verify=True`` satchel checks each one: the records at read
+time, each storage the first time its bytes are used (a full load checks all of them, ``open``
+only those it touches; zlib's CRC-32 runs at several GB/s, a small cost next to reading the
+bytes).
 """
 
 from __future__ import annotations
 
-import dataclasses
-from collections import OrderedDict
+import zipfile
+import zlib
+from functools import partial
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .. import dtypes
-from ..errors import FormatError, UnsafeContentError
-from ._pickle import Global, unpickle
-from ._refs import ArrayRef, Storage, make_ref
-from ._zip import read_member, zip_members
+from .._read.refs import Storage
+from ..errors import FormatError, IntegrityError, UnsafeContentError
+from ._codecs.pickle import unpickle
+from ._codecs.source import map_file
+from ._codecs.zip import central_names, read_member, zip_members
+from ._reader import Probe
+from ._torch_pickle import (
+    ALLOWED_UNWRAPPED,
+    LEGACY_MAGIC,
+    StorageType,
+    TorchStorage,
+    byteswap,
+    unwrap,
+)
+from .torch_legacy import read_legacy
 
-__all__ = ["ALLOWED", "LEGACY_MAGIC", "TorchStorage", "read_zip"]
+__all__ = ["read", "read_zip", "sniff"]
 
-LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
-_LEGACY_PROTOCOL = 1001
+U8Array = np.ndarray[Any, np.dtype[np.uint8]]
+
 _EXPECTED_RECORDS = frozenset(
     {
         "data.pkl", ".format_version", ".storage_alignment", "byteorder", "version",
@@ -31,235 +49,32 @@ _EXPECTED_RECORDS = frozenset(
     }
 )  # fmt: skip
 
-_STORAGE_TYPES = {
-    "DoubleStorage": "float64",
-    "FloatStorage": "float32",
-    "HalfStorage": "float16",
-    "LongStorage": "int64",
-    "IntStorage": "int32",
-    "ShortStorage": "int16",
-    "CharStorage": "int8",
-    "ByteStorage": "uint8",
-    "BoolStorage": "bool",
-    "BFloat16Storage": "bfloat16",
-    "ComplexDoubleStorage": "complex128",
-    "ComplexFloatStorage": "complex64",
-    "UntypedStorage": "uint8",
-}
-_TORCH_DTYPES = {
-    "float64": "float64", "double": "float64", "float32": "float32", "float": "float32",
-    "float16": "float16", "half": "float16", "bfloat16": "bfloat16", "int64": "int64",
-    "long": "int64", "int32": "int32", "int": "int32", "int16": "int16", "short": "int16",
-    "int8": "int8", "uint8": "uint8", "bool": "bool", "uint16": "uint16", "uint32": "uint32",
-    "uint64": "uint64", "complex64": "complex64", "cfloat": "complex64",
-    "complex128": "complex128", "cdouble": "complex128", "float8_e4m3fn": "float8_e4m3fn",
-    "float8_e5m2": "float8_e5m2",
-}  # fmt: skip
 
-
-@dataclasses.dataclass(frozen=True)
-class _StorageType:
-    dtype: dtypes.DType
-
-
-@dataclasses.dataclass(frozen=True)
-class TorchStorage:
-    """What a storage persistent id resolves to: the bytes and the dtype they were saved as."""
-
-    storage: Storage
-    dtype: dtypes.DType
-
-
-def _rebuild_tensor(  # noqa: PLR0917 - mirrors torch._utils._rebuild_tensor_v2's signature
-    storage: Any,
-    offset: Any,
-    size: Any,
-    stride: Any,
-    requires_grad: Any = False,
-    hooks: Any = None,
-    metadata: Any = None,
-    *,
-    where: str,
-    dtype: dtypes.DType | None = None,
-) -> ArrayRef:
-    if not isinstance(storage, TorchStorage):
-        raise FormatError(f"{where}: tensor rebuilt from {type(storage).__name__}, not a storage")
-    if not isinstance(size, tuple) or not isinstance(stride, tuple):
-        raise FormatError(f"{where}: tensor size/stride are not tuples")
-    dt = dtype or storage.dtype
-    if not isinstance(offset, int) or isinstance(offset, bool):
-        raise FormatError(f"{where}: storage offset {offset!r} is not an int")
-    return make_ref(
-        storage.storage,
-        dt,
-        tuple(size),
-        strides=tuple(stride),
-        offset=offset * dt.itemsize,
-        where=where,
-        requires_grad=bool(requires_grad),
-    )
-
-
-def _rebuild_tensor_v3(  # noqa: PLR0917 - mirrors torch._utils' signature
-    storage: Any,
-    offset: Any,
-    size: Any,
-    stride: Any,
-    requires_grad: Any,
-    hooks: Any,
-    dtype: Any,
-    metadata: Any = None,
-    *,
-    where: str,
-) -> ArrayRef:
-    if not isinstance(dtype, dtypes.DType):
-        raise FormatError(f"{where}: _rebuild_tensor_v3 dtype {dtype!r} is not a torch dtype")
-    return _rebuild_tensor(
-        storage, offset, size, stride, requires_grad, hooks, metadata, where=where, dtype=dtype
-    )
-
-
-def _rebuild_parameter(
-    data: Any, requires_grad: Any, hooks: Any, state: Any = None, *, where: str
-) -> ArrayRef:
-    if not isinstance(data, ArrayRef):
-        raise FormatError(f"{where}: Parameter rebuilt from {type(data).__name__}")
-    return dataclasses.replace(data, kind="parameter", requires_grad=bool(requires_grad))
-
-
-def _rebuild_from_type_v2(func: Any, new_type: Any, args: Any, state: Any, *, where: str) -> Any:
-    # Tensor subclasses: only plain Tensor/Parameter are known; rebuild the data, drop the class.
-    if not isinstance(func, Global) or func.call is None or not isinstance(args, tuple):
-        raise UnsafeContentError(f"{where}: _rebuild_from_type_v2 of {func!r} is refused")
-    out = func.call(*args, where=where)
-    if new_type is _PARAMETER and isinstance(out, ArrayRef):
-        return dataclasses.replace(out, kind="parameter")
-    return out
-
-
-def _unsupported(kind: str) -> Any:
-    def refuse(*args: Any, where: str) -> Any:
-        raise FormatError(
-            f"{where}: holds a {kind} tensor; satchel reads dense tensors only "
-            "(convert it with torch to a dense tensor first)"
+def _check_crc(where: str, member: str, crc: int, raw: U8Array) -> None:
+    """The verify-on-first-touch hook of a stored member: its bytes against its CRC-32."""
+    if zlib.crc32(raw.data) != crc:
+        raise IntegrityError(
+            f"{where}: zip member {member!r} fails its CRC-32 check: its "
+            "bytes changed after torch wrote them (bit rot or tampering); restore the "
+            "file from a good copy, or pass verify=False to read the changed values",
+            path=where,
+            field=member,
+            reason="CRC-32 mismatch",
         )
-
-    return refuse
-
-
-def _ordered_dict(*args: Any, where: str) -> OrderedDict[Any, Any]:
-    if not args:
-        return OrderedDict()
-    if len(args) == 1 and isinstance(args[0], list):
-        return OrderedDict(args[0])
-    raise FormatError(f"{where}: OrderedDict called with unexpected arguments")
-
-
-def _size(*args: Any, where: str) -> tuple[int, ...]:
-    if len(args) != 1 or not all(isinstance(n, int) for n in args[0]):
-        raise FormatError(f"{where}: torch.Size takes one tuple of ints")
-    return tuple(args[0])
-
-
-def _device(*args: Any, where: str) -> str:
-    if not args or not isinstance(args[0], str):
-        raise FormatError(f"{where}: torch.device takes a device name")
-    return args[0] if len(args) == 1 else f"{args[0]}:{args[1]}"
-
-
-def _encode(text: Any, encoding: Any = "latin1", *, where: str) -> bytes:
-    # Protocol-2 pickles spell ``bytes`` as _codecs.encode(str, 'latin1').
-    if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
-        raise FormatError(f"{where}: _codecs.encode only rebuilds latin1 bytes")
-    return text.encode("latin1")
-
-
-def _plain(kind: type, arity: int) -> Any:
-    def build(*args: Any, where: str) -> Any:
-        if len(args) > arity:
-            raise FormatError(f"{where}: {kind.__name__} takes at most {arity} argument(s)")
-        return kind(*args)
-
-    return build
-
-
-def _bytearray(*args: Any, where: str) -> bytearray:
-    # bytearray(n) would allocate n zero bytes on the file's say-so: only rebuild from data.
-    if not args:
-        return bytearray()
-    if len(args) == 1 and isinstance(args[0], (bytes, bytearray)):
-        return bytearray(args[0])
-    if len(args) == 2 and isinstance(args[0], str) and args[1] in ("latin1", "latin-1"):
-        return bytearray(args[0], "latin1")
-    raise FormatError(f"{where}: bytearray is only rebuilt from bytes or latin-1 text")
-
-
-_PARAMETER = Global("torch.nn.parameter.Parameter")
-_TENSOR = Global("torch.Tensor")
-
-
-def _build_allowlist() -> dict[tuple[str, str], Global]:
-    table: dict[tuple[str, str], Global] = {
-        ("collections", "OrderedDict"): Global("collections.OrderedDict", call=_ordered_dict),
-        ("torch._utils", "_rebuild_tensor_v2"): Global("_rebuild_tensor_v2", call=_rebuild_tensor),
-        ("torch._utils", "_rebuild_tensor_v3"): Global(
-            "_rebuild_tensor_v3", call=_rebuild_tensor_v3
-        ),
-        ("torch._utils", "_rebuild_parameter"): Global(
-            "_rebuild_parameter", call=_rebuild_parameter
-        ),
-        ("torch._utils", "_rebuild_parameter_with_state"): Global(
-            "_rebuild_parameter_with_state", call=_rebuild_parameter
-        ),
-        ("torch._tensor", "_rebuild_from_type_v2"): Global(
-            "_rebuild_from_type_v2", call=_rebuild_from_type_v2
-        ),
-        ("torch.nn.parameter", "Parameter"): _PARAMETER,
-        ("torch", "Tensor"): _TENSOR,
-        ("torch", "Size"): Global("torch.Size", call=_size),
-        ("torch", "device"): Global("torch.device", call=_device),
-        ("_codecs", "encode"): Global("_codecs.encode", call=_encode),
-        ("builtins", "bytearray"): Global("bytearray", call=_bytearray),
-        ("builtins", "set"): Global("set", call=_plain(set, 1)),
-        ("builtins", "frozenset"): Global("frozenset", call=_plain(frozenset, 1)),
-        ("builtins", "complex"): Global("complex", call=_plain(complex, 2)),
-    }
-    for fn, kind in (
-        ("_rebuild_qtensor", "quantized"),
-        ("_rebuild_sparse_tensor", "sparse"),
-        ("_rebuild_sparse_csr_tensor", "sparse"),
-        ("_rebuild_nested_tensor", "nested"),
-        ("_rebuild_meta_tensor_no_storage", "meta (data-less)"),
-        ("_rebuild_wrapper_subclass", "wrapper-subclass"),
-        ("_rebuild_device_tensor_from_numpy", "device"),
-    ):
-        table[("torch._utils", fn)] = Global(fn, call=_unsupported(kind))
-    for name, dt in _STORAGE_TYPES.items():
-        table[("torch", name)] = Global(f"torch.{name}", value=_StorageType(dtypes.get(dt)))
-    # torch >= 2.x pickles the untyped storage class under its defining module.
-    table[("torch.storage", "UntypedStorage")] = table[("torch", "UntypedStorage")]
-    for name, dt in _TORCH_DTYPES.items():
-        table[("torch", name)] = Global(f"torch.{name}", value=dtypes.get(dt))
-    return table
-
-
-ALLOWED = _build_allowlist()
-
-
-def _unwrap(x: Any) -> Any:
-    return x.value if isinstance(x, Global) and x.value is not None else x
 
 
 # -- zip archives -------------------------------------------------------------------------------
-def read_zip(data: np.ndarray[Any, np.dtype[np.uint8]], *, where: str) -> Any:
+def read_zip(data: U8Array, *, where: str, verify: bool = True) -> Any:
     """The object a zip-format ``torch.save`` file holds, tensors as ArrayRefs.
 
     Raises:
         UnsafeContentError: a TorchScript archive or a global outside the allowlist.
+        IntegrityError: a record fails its CRC-32 (``verify``; storages fail when first used).
         FormatError: a damaged archive, a storage whose size disagrees with its record.
     """
     members = zip_members(data, where=where)
     names = list(members)
+    # docs/formats.md#torch-zip: the prefix is the first entry's folder, whatever its file name.
     prefix = names[0].split("/", 1)[0] + "/" if names and "/" in names[0] else ""
     if any(n.startswith(prefix) and n[len(prefix) :] in ("constants.pkl",) for n in names) or any(
         n[len(prefix) :].startswith("code/") for n in names
@@ -273,7 +88,8 @@ def read_zip(data: np.ndarray[Any, np.dtype[np.uint8]], *, where: str) -> Any:
         raise FormatError(f"{where}: zip archive has no {prefix}data.pkl; not a torch.save file")
     big_endian = False
     if f"{prefix}byteorder" in members:
-        order = bytes(read_member(data, members[f"{prefix}byteorder"], where=where))
+        record = members[f"{prefix}byteorder"]
+        order = bytes(read_member(data, record, where=where, check_crc=verify))
         if order not in (b"little", b"big"):
             raise FormatError(f"{where}: byteorder record says {order[:16]!r}")
         big_endian = order == b"big"
@@ -283,8 +99,8 @@ def read_zip(data: np.ndarray[Any, np.dtype[np.uint8]], *, where: str) -> Any:
         if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage"):
             raise UnsafeContentError(f"{where}: persistent id {str(pid)[:60]} is not a storage")
         _, stype, key, _location, numel = pid
-        stype = _unwrap(stype)
-        if not isinstance(stype, _StorageType) or not isinstance(key, str):
+        stype = unwrap(stype)
+        if not isinstance(stype, StorageType) or not isinstance(key, str):
             raise FormatError(f"{where}: storage id {str(pid)[:60]} is malformed")
         if isinstance(numel, bool) or not isinstance(numel, int) or numel < 0:
             raise FormatError(f"{where}: storage {key!r} declares {numel!r} elements")
@@ -300,20 +116,25 @@ def read_zip(data: np.ndarray[Any, np.dtype[np.uint8]], *, where: str) -> Any:
                 f"{where}: storage {key!r} declares {numel} elements ({nbytes} bytes) but its "
                 f"record holds {member.size} bytes"
             )
-        raw = read_member(data, member, where=where)
-        if big_endian:
-            raw = _byteswap(raw, stype.dtype)
-        storages[key] = TorchStorage(Storage(raw, key), stype.dtype)
+        raw = read_member(data, member, where=where, check_crc=verify and big_endian)
+        if big_endian:  # swapping reads every byte: check the CRC now, then swap once
+            storage = Storage(byteswap(raw, stype.dtype), key)
+        elif verify and member.method == zipfile.ZIP_STORED:
+            check = partial(_check_crc, where, member.name, member.crc)
+            storage = Storage(raw, key, check=check)
+        else:  # deflated members were checked while inflating
+            storage = Storage(raw, key)
+        storages[key] = TorchStorage(storage, stype.dtype)
         return storages[key]
 
-    pickle_bytes = read_member(data, pkl, where=where)
+    pickle_bytes = read_member(data, pkl, where=where, check_crc=verify)
     result = unpickle(
         pickle_bytes.data,
         where=where,
-        allowed=_ALLOWED_UNWRAPPED,
+        allowed=ALLOWED_UNWRAPPED,
         persistent_load=persistent_load,
     )
-    # security.md rows 23/27: every member must be one torch writes and this load used; a
+    # Rule Z1 (docs/formats.md): every member must be one torch writes and this load used; a
     # hidden extra member (a second pickle, a payload for another tool) fails the load.
     used = {f"{prefix}data/{k}" for k in storages}
     for name in members:
@@ -326,62 +147,42 @@ def read_zip(data: np.ndarray[Any, np.dtype[np.uint8]], *, where: str) -> Any:
     return result.value
 
 
-def _byteswap(raw: np.ndarray[Any, np.dtype[np.uint8]], dt: dtypes.DType) -> Any:
-    if dt.itemsize == 1:
-        return raw
-    n = raw.nbytes // dt.itemsize
-    swapped = raw[: n * dt.itemsize].view(dt.numpy.newbyteorder(">")).astype(dt.numpy)
-    return swapped.view(np.uint8)
-
-
-# The interpreter passes Global objects as arguments; storage types and dtypes are values.
-def _unwrapping(g: Global) -> Global:
-    if g.call is None:
-        return g
-    inner = g.call
-
-    def call(*args: Any, where: str) -> Any:
-        return inner(*(_unwrap(a) for a in args), where=where)
-
-    return dataclasses.replace(g, call=call)
-
-
-_ALLOWED_UNWRAPPED = {k: _unwrapping(g) for k, g in ALLOWED.items()}
-
-
-# -- registry hooks -----------------------------------------------------------------------------
+# -- the reader -----------------------------------------------------------------------------------
 _TORCH_RECORDS = ("data.pkl", "version", ".data/version", "constants.pkl", "byteorder")
 
 
-def sniff(pr: Any) -> bool:
-    """A zip whose first member is a torch record, or a legacy stream starting with the magic."""
-    head: bytes = pr.head
+def _record(name: str) -> str:
+    return name.split("/", 1)[1] if "/" in name else name
+
+
+def sniff(probe: Probe) -> bool:
+    """A torch zip (any member order) or a legacy stream starting with the magic.
+
+    A zip whose first member is a torch record is one at once; otherwise its central directory
+    is read for a top-level ``data.pkl`` (``torch.jit.save(..., _extra_files=...)`` writes
+    ``extra/`` first).
+    """
+    head = probe.head
+    if probe.is_dir:
+        return False
     if head[:4] == b"PK\x03\x04" and len(head) >= 30:
         name_len = int.from_bytes(head[26:28], "little")
-        first = head[30 : 30 + name_len].decode("utf-8", "replace")
-        rest = first.split("/", 1)[1] if "/" in first else first
-        return rest in _TORCH_RECORDS or rest.startswith(("code/", "data/"))
-    return sniff_legacy(pr)
+        rest = _record(head[30 : 30 + name_len].decode("utf-8", "replace"))
+        if rest in _TORCH_RECORDS or rest.startswith(("code/", "data/")):
+            return True
+        names = central_names(probe.path)
+        return names is not None and any(_record(n) == "data.pkl" for n in names)
+    return _legacy(head)
 
 
-def sniff_legacy(pr: Any) -> bool:
-    head: bytes = pr.head
+def _legacy(head: bytes) -> bool:
     return head[:4] == b"\x80\x02\x8a\x0a" and int.from_bytes(head[4:14], "little") == LEGACY_MAGIC
 
 
-def sniff_dir(pr: Any) -> bool:
-    return False
-
-
-def read(path: Any, *, verify: bool = True) -> Any:
+def read(path: Path, *, verify: bool = True) -> Any:
     """Read a ``torch.save`` file of either generation (tensors as ArrayRefs)."""
-    from ._source import map_file
-    from .detect import probe
-
     data = map_file(path)
     where = str(path)
-    if sniff_legacy(probe(path)):
-        from .torch_legacy import read_legacy
-
+    if _legacy(bytes(data[:14])):
         return read_legacy(data, where=where)
-    return read_zip(data, where=where)
+    return read_zip(data, where=where, verify=verify)

@@ -1,4 +1,4 @@
-"""The legacy (torch < 1.6) ``torch.save`` stream: pickles, then raw storages (formats.md §1.3).
+"""The pre-1.6 ``torch.save`` stream: pickles, then raw storages (docs/formats.md#torch-legacy).
 
 magic, protocol and sys_info pickles; the object pickle, whose storages are persistent ids
 ``('storage', type, key, location, numel, view)``; the sorted key list; then per key an int64
@@ -13,24 +13,24 @@ from typing import Any
 
 import numpy as np
 
+from .._read.refs import Storage
 from ..errors import FormatError, UnsafeContentError
-from ._pickle import Global, unpickle
-from ._refs import Storage
-from .torch import (
-    _ALLOWED_UNWRAPPED,
-    _LEGACY_PROTOCOL,
+from ._codecs.pickle import Global, unpickle
+from ._torch_pickle import (
+    ALLOWED_UNWRAPPED,
     LEGACY_MAGIC,
+    LEGACY_PROTOCOL,
+    StorageType,
     TorchStorage,
-    _byteswap,
-    _StorageType,
-    _unwrap,
+    byteswap,
+    unwrap,
 )
 
 __all__ = ["read_legacy"]
 
 
 def read_legacy(data: np.ndarray[Any, np.dtype[np.uint8]], *, where: str) -> Any:
-    """The object a pre-1.6 ``torch.save`` stream holds (formats.md §1.3).
+    """The object a pre-1.6 ``torch.save`` stream holds (docs/formats.md#torch-legacy).
 
     Raises:
         FormatError: wrong magic, protocol, storage table or truncated storage data.
@@ -41,7 +41,7 @@ def read_legacy(data: np.ndarray[Any, np.dtype[np.uint8]], *, where: str) -> Any
     if magic.value != LEGACY_MAGIC:
         raise FormatError(f"{where}: not a legacy torch file (magic number mismatch)")
     proto = unpickle(buf, where=where, allowed=no_globals, start=magic.end)
-    if proto.value != _LEGACY_PROTOCOL:
+    if proto.value != LEGACY_PROTOCOL:
         raise FormatError(f"{where}: legacy torch protocol {proto.value!r} is not 1001")
     info = unpickle(buf, where=where, allowed=no_globals, start=proto.end)
     if not isinstance(info.value, dict):
@@ -58,8 +58,8 @@ def read_legacy(data: np.ndarray[Any, np.dtype[np.uint8]], *, where: str) -> Any
                 )
             raise UnsafeContentError(f"{where}: persistent id {str(pid)[:60]} is not a storage")
         _, stype, key, _location, numel, view = pid
-        stype = _unwrap(stype)
-        if not isinstance(stype, _StorageType) or not isinstance(key, str):
+        stype = unwrap(stype)
+        if not isinstance(stype, StorageType) or not isinstance(key, str):
             raise FormatError(f"{where}: storage id {str(pid)[:60]} is malformed")
         if view is not None:
             raise FormatError(f"{where}: storage views of very old torch files are not supported")
@@ -73,7 +73,7 @@ def read_legacy(data: np.ndarray[Any, np.dtype[np.uint8]], *, where: str) -> Any
     obj = unpickle(
         buf,
         where=where,
-        allowed=_ALLOWED_UNWRAPPED,
+        allowed=ALLOWED_UNWRAPPED,
         persistent_load=persistent_load,
         start=info.end,
     )
@@ -96,7 +96,7 @@ def read_legacy(data: np.ndarray[Any, np.dtype[np.uint8]], *, where: str) -> Any
         if pos + nbytes > len(buf):
             raise FormatError(f"{where}: storage {key!r} is truncated (file ends early)")
         raw = data[pos : pos + nbytes]
-        st.storage.fill(raw if little else _byteswap(raw, st.dtype))
+        st.storage.fill(raw if little else byteswap(raw, st.dtype))
         pos += nbytes
     if pos != len(buf):
         raise FormatError(f"{where}: {len(buf) - pos} unexplained bytes after the last storage")

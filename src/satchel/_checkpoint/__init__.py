@@ -1,0 +1,29 @@
+"""Checkpoint roots: the one home of their layout, commit record, writer lock and restore rules.
+
+``layout`` names things (step folders, temp names, lock and commit files), ``record`` reads and
+writes the commit record, ``lock`` is the writer lock, ``targets`` says what each item becomes
+on save and restore, ``manager`` writes (``CheckpointManager``) and ``view`` reads
+(``CheckpointRoot``, never locking). The face, ``_verify`` and ``_cli`` use what is here.
+"""
+
+from __future__ import annotations
+
+from .layout import has_commit, is_root, is_step_folder, step_of
+from .manager import CheckpointManager
+from .record import CommitRecord, check_files, read_commit
+from .view import CheckpointInfo, CheckpointRoot, CheckpointWarning, RestoreResult
+
+__all__ = [
+    "CheckpointInfo",
+    "CheckpointManager",
+    "CheckpointRoot",
+    "CheckpointWarning",
+    "CommitRecord",
+    "RestoreResult",
+    "check_files",
+    "has_commit",
+    "is_root",
+    "is_step_folder",
+    "read_commit",
+    "step_of",
+]

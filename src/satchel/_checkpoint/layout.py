@@ -1,0 +1,126 @@
+"""The names inside a checkpoint root (SPEC 8.1, 8.2): the only place they are spelled.
+
+::
+
+    runs/exp1/                          a root
+      .satchel.lock                     the writer lock (SPEC 8.6)
+      step_00000100/                    one committed step (zero-padded to 8 digits at least)
+        model.satchel                   one single file per item, ``<item>.satchel``
+        extra.satchel                   the ``extra=`` value is the item ``extra``
+        manifest.json                   the commit record, written last (SPEC 8.3)
+      .step_00000200.satchel-tmp-<pid>-<hex>        a step being written (or left by a crash)
+      .trash-step_00000050.satchel-tmp-<pid>-<hex>  a step being deleted
+
+Everything here is about names and listing; nothing writes.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+from pathlib import Path
+
+from .._io.atomic import TMP_MARKER
+
+__all__ = [
+    "COMMIT_FILE",
+    "EXTRA_ITEM",
+    "LOCK_FILE",
+    "check_item_name",
+    "has_commit",
+    "is_item_file",
+    "is_root",
+    "is_step_dir",
+    "is_step_folder",
+    "is_temp",
+    "item_file",
+    "list_steps",
+    "step_name",
+    "step_of",
+    "temp_path",
+    "trash_path",
+]
+
+LOCK_FILE = ".satchel.lock"  # SPEC 8.1
+COMMIT_FILE = "manifest.json"  # SPEC 8.2
+EXTRA_ITEM = "extra"  # SPEC 8.2: what save(extra=...) is stored as
+_ITEM_SUFFIX = ".satchel"
+_STEP_DIR = re.compile(r"^step_(\d{1,19})$")  # 19 digits: every step fits an int64
+# Item names become file names: no separators, no leading dot, nothing a shell would expand.
+_ITEM_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}$")
+_ITEM_FILE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}\.satchel$")
+
+
+def step_name(step: int) -> str:
+    """The folder name of ``step``: ``step_00000100``."""
+    return f"step_{step:08d}"
+
+
+def step_of(p: Path) -> int | None:
+    """The step a folder's name says, or ``None``."""
+    m = _STEP_DIR.match(p.name)
+    return int(m.group(1)) if m else None
+
+
+def is_step_dir(p: Path) -> bool:
+    """Whether ``p`` is named and shaped like a step folder (committed or not); links are not."""
+    return bool(_STEP_DIR.match(p.name)) and p.is_dir() and not p.is_symlink()
+
+
+def has_commit(folder: Path) -> bool:
+    """Whether ``folder`` holds a commit record file (not whether it parses)."""
+    return (folder / COMMIT_FILE).is_file()
+
+
+def is_step_folder(p: Path) -> bool:
+    """A step folder with a commit record file: what ``satchel inspect root/step_<n>`` opens."""
+    return is_step_dir(p) and has_commit(p)
+
+
+def is_root(p: Path) -> bool:
+    """A checkpoint root: a folder with the writer's lock file or at least one step folder."""
+    if not p.is_dir():
+        return False
+    return (p / LOCK_FILE).exists() or any(is_step_dir(c) for c in p.iterdir())
+
+
+def list_steps(root: Path) -> list[tuple[int, Path]]:
+    """Every step folder of ``root`` (committed or not), by step; anything else is ignored."""
+    found = []
+    for p in root.iterdir():
+        step = step_of(p)
+        if step is not None and is_step_dir(p):
+            found.append((step, p))
+    return sorted(found, key=lambda sp: sp[0])
+
+
+def is_temp(p: Path) -> bool:
+    """An entry a writer is building or deleting, or one a crashed writer left (SPEC 8.7)."""
+    return TMP_MARKER in p.name
+
+
+def temp_path(root: Path, step: int) -> Path:
+    """A fresh temp name in ``root`` to build ``step`` under before the commit rename."""
+    return root / f".{step_name(step)}{TMP_MARKER}{os.getpid()}-{secrets.token_hex(4)}"
+
+
+def trash_path(folder: Path) -> Path:
+    """A fresh temp name to rename a step folder to before deleting it (SPEC 8.7)."""
+    suffix = f"{TMP_MARKER}{os.getpid()}-{secrets.token_hex(4)}"
+    return folder.parent / f".trash-{folder.name}{suffix}"
+
+
+def check_item_name(name: str) -> bool:
+    """Whether ``name`` may name an item passed to ``save`` (``extra`` is reserved)."""
+    return bool(_ITEM_NAME.match(name)) and name != EXTRA_ITEM
+
+
+def item_file(name: str) -> str:
+    """The file name of item ``name`` in its step folder."""
+    return f"{name}{_ITEM_SUFFIX}"
+
+
+def is_item_file(basename: str) -> bool:
+    """Whether a commit record's ``file`` is a plain ``<name>.satchel`` basename (SPEC 8.3)."""
+    return bool(_ITEM_FILE.match(basename))

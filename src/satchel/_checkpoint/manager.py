@@ -1,0 +1,324 @@
+"""CheckpointManager: one folder per step, committed by a record written last (SPEC 8).
+
+Each step is built under a temp name, every file fsynced, the commit record written last, the
+folder renamed into place and the root fsynced (SPEC 8.5). Writers hold the root's writer
+lock while saving or deleting; reading goes through :class:`CheckpointRoot`, which never locks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import threading
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+from .. import retention
+from .._gcpause import paused_gc
+from .._io.atomic import fsync_dir
+from .._io.writer import write_plan
+from .._plan import plan_save
+from ..errors import CheckpointExistsError, UsageError
+from . import targets as _targets
+from .layout import EXTRA_ITEM, is_temp, item_file, step_name, temp_path, trash_path
+from .lock import WriterLock
+from .record import CommitRecord, ItemRecord, write_commit
+from .snapshot import snapshot
+from .view import CheckpointInfo, CheckpointRoot, RestoreResult, with_newest
+
+__all__ = ["CheckpointManager"]
+
+
+class CheckpointManager:
+    """Periodic, crash-safe training checkpoints with retention and exact resume.
+
+    A checkpoint survives retention when any policy keeps it: ``keep_last``, ``keep_every``,
+    ``keep_best`` and the :class:`~satchel.retention.Policy` objects in ``policies``, in that
+    order. With no policy every checkpoint is kept. The root is created if missing.
+
+    Example::
+
+        mgr = satchel.CheckpointManager("runs/exp1", keep_last=3)
+        mgr.save(step, model=model, optimizer=opt, scheduler=sched, rng=True,
+                 metrics={"val_loss": v}, extra={"epoch": epoch})
+        restored = mgr.restore(model=model, optimizer=opt, scheduler=sched, rng=True)
+        restored.step, restored.extra
+
+    Raises:
+        UsageError: a retention argument is out of range or a policy lacks ``name``/``keep``.
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike[str],
+        *,
+        keep_last: int | None = None,
+        keep_every: int | None = None,
+        keep_best: tuple[str, Literal["min", "max"], int] | None = None,
+        policies: Iterable[retention.Policy] = (),
+    ) -> None:
+        self.root = Path(root)
+        self.policies: tuple[retention.Policy, ...] = _policies(
+            keep_last, keep_every, keep_best, policies
+        )
+        self.root.mkdir(parents=True, exist_ok=True)
+        self._view = CheckpointRoot(self.root)
+        self._lock = WriterLock(self.root)
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+        # The last async snapshot, kept after its write to be copied into by the next one.
+        self._spare: Any = None
+
+    # -- saving --------------------------------------------------------------------------------
+    def save(
+        self,
+        step: int,
+        *,
+        blocking: bool = True,
+        metrics: Mapping[str, float] | None = None,
+        extra: Any = None,
+        overwrite: bool = False,
+        **items: Any,
+    ) -> None:
+        """Save ``items`` (models, optimizers, schedulers, ``rng=True``, arrays...) as ``step``.
+
+        With ``blocking=False`` the state is first copied to host memory (the caller may change
+        its tensors right away) and written by a background thread; at most one save is in
+        flight, and a background error is raised by the next ``save``/``wait``/``close``.
+
+        Raises:
+            CheckpointExistsError: ``step`` exists and ``overwrite`` is false.
+            CheckpointLockedError: another process is saving to this root.
+            UnsupportedObjectError: an item holds something satchel cannot store.
+            OSError: the disk failed; the previous checkpoints are intact.
+        """
+        self.wait()
+        if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+            raise UsageError(f"step must be a non-negative int, got {step!r}")
+        if not items:
+            raise UsageError("save() needs at least one item, e.g. model=model")
+        prepared = {name: _targets.prepare(name, value) for name, value in items.items()}
+        if extra is not None:
+            prepared[EXTRA_ITEM] = extra
+        clean_metrics = _metrics(metrics)
+        if not overwrite and (self.root / step_name(step)).exists():
+            raise CheckpointExistsError(
+                f"{self.root}: step {step} is already saved; pass overwrite=True to replace it"
+            )
+        if blocking:
+            self._write(step, prepared, clean_metrics, overwrite)
+            return
+        frozen = snapshot(prepared, reuse=self._spare)
+        self._spare = None
+        self._thread = threading.Thread(
+            target=self._background,
+            args=(step, frozen, clean_metrics, overwrite),
+            name=f"satchel-save-{step}",
+            daemon=False,
+        )
+        self._thread.start()
+
+    def wait(self) -> None:
+        """Block until the save in flight (if any) is on disk; raise its error if it failed."""
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        if self._error is not None:
+            err, self._error = self._error, None
+            raise err
+
+    def close(self) -> None:
+        """Finish the save in flight and surface its error; release the snapshot buffers."""
+        self._spare = None
+        self.wait()
+        self._spare = None
+
+    def __enter__(self) -> CheckpointManager:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _background(
+        self, step: int, items: dict[str, Any], metrics: dict[str, float], overwrite: bool
+    ) -> None:
+        try:
+            self._write(step, items, metrics, overwrite)
+        except BaseException as e:  # surfaced by the next save()/wait()/close()
+            self._error = e
+        else:
+            self._spare = items
+
+    def _write(
+        self, step: int, items: dict[str, Any], metrics: dict[str, float], overwrite: bool
+    ) -> None:
+        with paused_gc():  # planning builds many small objects; writing builds none
+            plans = {name: plan_save(value) for name, value in items.items()}
+        with self._lock.hold():
+            self._clean_temps()
+            final = self.root / step_name(step)
+            if final.exists() and not overwrite:
+                raise CheckpointExistsError(
+                    f"{self.root}: step {step} is already saved; pass overwrite=True"
+                )
+            # Decided before anything is written, so a failing user policy costs no files; the
+            # decision goes into the commit record and is carried out after the commit.
+            others = [i for i in self._view.checkpoints(verify=False) if i.step != step]
+            kept = self._decide(others, step, metrics)
+            tmp = temp_path(self.root, step)
+            os.mkdir(tmp)
+            try:
+                records = {}
+                for name, plan in plans.items():
+                    written = write_plan(plan, tmp / item_file(name), file_digest=True)
+                    records[name] = ItemRecord(item_file(name), written.size, written.xxh3)
+                names = tuple(p.name for p in self.policies)
+                write_commit(tmp, CommitRecord.new(step, records, metrics, names, self._own(kept)))
+                fsync_dir(tmp)
+                self._commit(tmp, final)
+            except BaseException:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise
+            self._apply_retention(step, others, kept)
+
+    def _commit(self, tmp: Path, final: Path) -> None:
+        """Rename the finished folder into place (SPEC 8.5); with overwrite, the old one is
+        moved aside first and put back if the new one cannot take its place (SPEC 8.10)."""
+        old = self._stash(final) if final.exists() else None
+        try:
+            os.rename(tmp, final)
+        except BaseException:
+            if old is not None:
+                with contextlib.suppress(OSError):
+                    os.rename(old, final)
+            raise
+        try:
+            fsync_dir(self.root)
+        finally:
+            if old is not None:
+                shutil.rmtree(old, ignore_errors=True)
+
+    def _stash(self, folder: Path) -> Path:
+        """Rename a step folder to a temp name (durably), so no crash leaves half of it."""
+        trash = trash_path(folder)
+        os.rename(folder, trash)
+        try:
+            fsync_dir(self.root)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.rename(trash, folder)
+            raise
+        return trash
+
+    def _clean_temps(self) -> None:
+        # Called with the writer lock held: no other writer is active, so every temp entry
+        # here was left by a crashed or killed save (SPEC 8.7).
+        for p in self.root.iterdir():
+            if is_temp(p):
+                if p.is_dir() and not p.is_symlink():
+                    shutil.rmtree(p, ignore_errors=True)
+                else:
+                    with contextlib.suppress(FileNotFoundError):
+                        p.unlink()
+
+    def _decide(
+        self, infos: Sequence[CheckpointInfo], step: int, metrics: Mapping[str, float]
+    ) -> dict[int, list[str]]:
+        """Run the policies over the committed steps, ``step`` (not yet written) included."""
+        records = [retention.CheckpointRecord(i.step, i.record.metrics) for i in infos if i.record]
+        records.append(retention.CheckpointRecord(step, dict(metrics)))
+        records.sort(key=lambda r: r.step)
+        return retention.decide(self.policies, records)
+
+    def _own(self, kept: Mapping[int, list[str]]) -> dict[str, tuple[int, ...]]:
+        """The steps each user-written policy keeps: what its commit record must carry."""
+        own = [p.name for p in self.policies if not retention.portable(p)]
+        return {name: tuple(s for s in sorted(kept) if name in kept[s]) for name in own}
+
+    def _apply_retention(
+        self, just_saved: int, infos: Sequence[CheckpointInfo], kept: Mapping[int, list[str]]
+    ) -> None:
+        # SPEC 8.9: the step just saved and the newest valid step are never deleted.
+        protected = {just_saved}
+        newer = [i.step for i in infos if i.step > just_saved and i.record is not None]
+        for s in sorted(newer, reverse=True):
+            if self._view.check(s) is None:
+                protected.add(s)
+                break
+        for info in infos:
+            if info.record is not None and info.step not in kept and info.step not in protected:
+                shutil.rmtree(self._stash(info.path), ignore_errors=True)
+
+    # -- reading (never takes the lock; the same as CheckpointRoot) ----------------------------
+    def kept_by(self) -> dict[int, list[str]]:
+        """For each committed step, the retention policies that keep it (``newest`` included)."""
+        records = self._view._records()[0]
+        return with_newest(retention.decide(self.policies, records), [r.step for r in records])
+
+    def steps(self) -> list[int]:
+        """Steps with a commit record, oldest first (not verified; ``restore`` verifies)."""
+        return self._view.steps()
+
+    def latest(self) -> int | None:
+        """The newest committed step, or ``None``."""
+        return self._view.latest()
+
+    def checkpoints(self, *, verify: bool = True) -> list[CheckpointInfo]:
+        """Every step folder, oldest first, with its commit record and (if verified) problem."""
+        return self._view.checkpoints(verify=verify)
+
+    def check(self, step: int) -> str | None:
+        """Why ``step`` is not a valid checkpoint, or ``None`` when it is."""
+        return self._view.check(step)
+
+    def restore(self, step: int | None = None, **targets: Any) -> RestoreResult:
+        """Load a checkpoint into ``targets``; see :meth:`CheckpointRoot.restore`.
+
+        Raises:
+            CheckpointNotFoundError: no such (valid) checkpoint.
+            StateMismatchError: a model does not fit the saved parameters.
+        """
+        return self._view._restore(step, targets)
+
+
+def _policies(
+    keep_last: int | None,
+    keep_every: int | None,
+    keep_best: tuple[str, Literal["min", "max"], int] | None,
+    more: Iterable[retention.Policy],
+) -> tuple[retention.Policy, ...]:
+    out: list[retention.Policy] = []
+    if keep_last is not None:
+        out.append(retention.KeepLast(_positive(keep_last, "keep_last")))
+    if keep_every is not None:
+        out.append(retention.KeepEvery(_positive(keep_every, "keep_every")))
+    if keep_best is not None:
+        metric, mode, k = keep_best
+        if mode not in ("min", "max"):
+            raise UsageError(f"keep_best mode must be 'min' or 'max', got {mode!r}")
+        out.append(retention.KeepBest(metric, mode, _positive(k, "keep_best k")))
+    for p in more:
+        retention.check_policy(p)
+        out.append(p)
+    names = [p.name for p in out]
+    if len(set(names)) != len(names):
+        raise UsageError(f"retention policy names must be unique, got {names}")
+    return tuple(out)
+
+
+def _positive(n: int, what: str) -> int:
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise UsageError(f"{what} must be a positive int, got {n!r}")
+    return n
+
+
+def _metrics(metrics: Mapping[str, float] | None) -> dict[str, float]:
+    out = {}
+    for k, v in (metrics or {}).items():
+        try:
+            out[str(k)] = float(v)
+        except (TypeError, ValueError) as e:
+            raise UsageError(f"metric {k!r} must be a number, got {v!r}") from e
+    return out

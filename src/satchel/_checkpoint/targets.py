@@ -1,0 +1,71 @@
+"""What each kind of item becomes on save, and how it goes back into a live object on restore.
+
+=====================================  ==============================  ===========================
+item passed to ``save`` / ``restore``  saved as                        restored by
+=====================================  ==============================  ===========================
+``nn.Module`` (``named_parameters``)   its ``state_dict()``            ``load_state`` (strict)
+optimizer, LR scheduler, GradScaler    its ``state_dict()``            its ``load_state_dict``
+a mapping of arrays                    itself                          ``load_state`` (in place)
+``rng=True``                           ``capture_rng()``               ``restore_rng``
+``extra=`` (any saveable value)        the item ``extra``              returned, never applied
+=====================================  ==============================  ===========================
+
+Anything else saveable (arrays, nested structures) is stored as it is and handed back in
+``RestoreResult.items``; passing it as a restore target is an error.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from .._rng import capture_rng, restore_rng
+from .._state import LoadReport, load_state
+from ..errors import UsageError
+from .layout import EXTRA_ITEM, check_item_name
+
+__all__ = ["apply", "prepare"]
+
+
+def prepare(name: str, value: Any) -> Any:
+    """The saveable structure for item ``name``.
+
+    Raises:
+        UsageError: ``name`` cannot name a file in a step folder, or is the reserved ``extra``.
+    """
+    if not check_item_name(name):
+        raise UsageError(
+            f"item name {name!r} must be letters, digits, '_', '.', '-' and not {EXTRA_ITEM!r}"
+        )
+    if name == "rng" and value is True:
+        return capture_rng()
+    state_dict = getattr(value, "state_dict", None)
+    if callable(state_dict):
+        return state_dict()
+    return value
+
+
+def apply(items: Mapping[str, Any], targets: Mapping[str, Any]) -> dict[str, LoadReport]:
+    """Load restored ``items`` into live ``targets`` of the same names, in place.
+
+    Returns the ``load_state`` report of each model or mapping target.
+
+    Raises:
+        StateMismatchError: a model or mapping does not fit its saved arrays.
+        UsageError: a target is of no kind in the table above.
+    """
+    reports: dict[str, LoadReport] = {}
+    for name, target in targets.items():
+        value = items[name]
+        if name == "rng" and target is True:
+            restore_rng(value)
+        elif hasattr(target, "named_parameters"):
+            # Before load_state_dict: a module has both, and load_state keeps tied weights tied.
+            reports[name] = load_state(target, value)
+        elif hasattr(target, "load_state_dict"):
+            target.load_state_dict(value)
+        elif isinstance(target, dict):
+            reports[name] = load_state(target, value)
+        elif target not in (None, False):
+            raise UsageError(f"restore target {name}={type(target).__name__} is not loadable")
+    return reports

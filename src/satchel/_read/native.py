@@ -1,0 +1,86 @@
+"""The native reader: a satchel or plain safetensors file as a :class:`Tree` (SPEC 1-5).
+
+Opening validates the header and manifest and maps the data section; each stored tensor is a
+:class:`Storage` sliced from the mapping on first use and checked against its xxh3-64 on first
+touch (SPEC 3.7), so ``ck[name]`` reads and verifies only the bytes it needs.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import partial
+
+from .._format.validate import xxh3_hex
+from .._io.reader import open_file
+from .._tree import unflatten
+from ..adapters import c_strides
+from ..errors import IntegrityError
+from .refs import ArrayRef, Storage, Tree, U8Array
+
+__all__ = ["read_native"]
+
+
+def read_native(path: str | os.PathLike[str], *, mmap: bool, verify: bool) -> Tree:
+    """The file's structure over lazily sliced, verify-on-first-touch storages.
+
+    Raises:
+        SatchelFileNotFoundError: no such file.
+        FormatError: the header or manifest breaks a SPEC rule (names the field).
+        IntegrityError: the manifest does not match its own checksum.
+    """
+    opened = open_file(path, mmap=mmap)
+    where, header, manifest, data = str(opened.path), opened.header, opened.manifest, opened.data
+    if manifest is None:
+        # A plain safetensors file: a flat dict of NumPy arrays, in data order.
+        root = {
+            e.name: ArrayRef(
+                Storage(None, e.name, region=(data, e.start, e.end)),
+                e.dtype,
+                e.shape,
+                c_strides(e.shape),
+                0,
+                framework="numpy",
+            )
+            for e in header.entries
+        }
+        return Tree(root, "safetensors", dict(header.metadata))
+    storages = {}
+    for e in header.entries:
+        check = partial(_check, where, e.name, manifest.stored[e.name].xxh3) if verify else None
+        storages[e.name] = Storage(None, e.name, region=(data, e.start, e.end), check=check)
+    strides: dict[tuple[int, ...], tuple[int, ...]] = {}  # many leaves share a few shapes
+    refs = []
+    for leaf in manifest.leaves:
+        st = leaf.strides
+        if st is None:
+            st = strides.get(leaf.shape)
+            if st is None:
+                st = strides[leaf.shape] = c_strides(leaf.shape)
+        refs.append(
+            ArrayRef(
+                storages[leaf.data],
+                leaf.dtype,
+                leaf.shape,
+                st,
+                leaf.offset,
+                leaf.kind,
+                leaf.requires_grad,
+                leaf.framework,
+            )
+        )
+    root = unflatten(manifest.root, refs.__getitem__, where=where)
+    return Tree(root, "satchel", dict(manifest.metadata), manifest.module, checksummed=True)
+
+
+def _check(where: str, name: str, expected: str, data: U8Array) -> None:
+    actual = xxh3_hex(data)
+    if actual != expected:
+        reason = f"checksum mismatch (xxh3 {actual}, recorded {expected})"
+        raise IntegrityError(
+            f"{where}: tensor {name!r} does not match its checksum (xxh3 {actual}, "
+            f"recorded {expected}); the file is corrupt. Restore it from a good copy, or "
+            "pass verify=False to read it anyway",
+            path=where,
+            field=name,
+            reason=reason,
+        )

@@ -1,0 +1,80 @@
+"""Any path to an :class:`ArrayFile`: detect the format, run its reader, wrap the tree.
+
+The single entry of the read pipeline: ``load``, ``open``, ``verify``, ``convert``,
+``load_state`` and the commands all come through here, so each reads a file once.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from ..errors import FormatError
+from ..formats import registry
+from ..formats.detect import describe_unknown, sniffed
+from .file import ArrayFile
+from .materialize import FrameworkName
+from .native import read_native
+from .refs import Tree
+
+__all__ = ["open_path"]
+
+# Foreign formats whose reader checks the bytes against the format's own checksums.
+_CHECKSUMMED = frozenset({"tensorflow", "torch"})
+
+
+def open_path(
+    path: str | os.PathLike[str],
+    *,
+    framework: FrameworkName = "auto",
+    device: Any = None,
+    dtype: Any = None,
+    mmap: bool = True,
+    verify: bool = True,
+) -> ArrayFile:
+    """Open ``path`` in whatever format it is; no tensor data is read yet.
+
+    Raises:
+        SatchelFileNotFoundError: no such file.
+        FormatError: no reader recognises it, or the one that does finds a broken field.
+    """
+    try:
+        return _open(path, framework, device, dtype, mmap, verify)
+    except FormatError as e:
+        if e.path is None:
+            e.path = str(path)  # readers deep in a format may not know the path they serve
+        raise
+
+
+def _open(  # noqa: PLR0917 - private: open_path passes its own keywords through
+    path: str | os.PathLike[str],
+    framework: FrameworkName,
+    device: Any,
+    dtype: Any,
+    mmap: bool,
+    verify: bool,
+) -> ArrayFile:
+    fmt = sniffed(path, refine=False)
+    if fmt in (None, "satchel", "safetensors"):
+        # A path no foreign reader recognises goes to the native reader, whose errors name the
+        # exact field that is wrong (a bare "unknown format" would hide that).
+        try:
+            tree = read_native(path, mmap=mmap, verify=verify)
+        except FormatError as e:
+            if fmt is None:
+                unknown = describe_unknown(path)  # what the bytes look like, unless safetensors
+                if unknown is not None:
+                    reason = "format not recognised"
+                    raise FormatError(unknown, path=str(path), reason=reason) from e
+                raise type(e)(
+                    f"{e} (and no other format satchel reads matches it)",
+                    path=e.path,
+                    field=e.field,
+                    reason=e.reason,
+                ) from e
+            raise
+    else:
+        root = registry.reader(fmt).read(Path(path), verify=verify)
+        tree = Tree(root, fmt, {"format": fmt}, checksummed=verify and fmt in _CHECKSUMMED)
+    return ArrayFile(tree, path=str(path), framework=framework, device=device, dtype=dtype)
