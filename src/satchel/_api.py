@@ -15,6 +15,7 @@ from ._progress import ProgressArg, reporter
 from ._read.file import ArrayFile
 from ._read.materialize import FrameworkName
 from ._read.open import open_path
+from ._shards.writer import save_sharded
 from .errors import SatchelFileNotFoundError
 from .formats.detect import detect
 
@@ -27,8 +28,15 @@ def save(
     *,
     metadata: Mapping[str, str] | None = None,
     progress: ProgressArg = None,
+    max_shard_size: int | str | None = None,
+    prefix: str = "model",
 ) -> None:
     """Save a tensor or any nesting of dict/list/tuple/plain values and arrays to ``path``.
+
+    With ``max_shard_size`` (bytes, or ``"500MB"``/``"5GB"`` as transformers spells it) ``path``
+    is a folder in the Hugging Face layout: ``<prefix>-00001-of-0000N.safetensors`` shards and
+    ``<prefix>.safetensors.index.json``, written so a crash leaves the old checkpoint or the new
+    one, never a mix (SPEC 9). Other files in the folder are left alone.
 
     The file is a valid safetensors file; satchel's manifest in its metadata restores the exact
     structure, dtypes, shared tensors and views. The write is atomic: a failure at any point
@@ -49,6 +57,17 @@ def save(
     """
     target = Path(path)
     obj, module = _unwrap_module(obj)
+    if max_shard_size is not None:
+        save_sharded(
+            obj,
+            target,
+            max_shard_size=max_shard_size,
+            prefix=prefix,
+            metadata=metadata,
+            module=module,
+            progress=progress,
+        )
+        return
     with paused_gc():  # planning builds most of satchel's objects; the write builds few
         plan = plan_save(obj, metadata=metadata, module=module)
     if not target.parent.is_dir():

@@ -37,6 +37,7 @@ __all__ = [
     "StoredTensor",
     "digests",
     "header_len",
+    "plan_flat",
     "plan_save",
     "render_header",
 ]
@@ -53,6 +54,7 @@ class StoredTensor(NamedTuple):
     dtype: dtypes.DType
     shape: tuple[int, ...]
     data: np.ndarray[Any, np.dtype[np.uint8]]
+    align: int = 1  # the largest item size of the leaves viewing it (SPEC 2.2)
 
 
 @dataclass(frozen=True)
@@ -299,5 +301,25 @@ def _layout(
         wire_dt, wire_shape = (s.dtype, s.shape) if s.dtype.wire else (_U8, (s.data.nbytes,))
         entries.append(Entry(s.name, wire_dt, wire_shape, pos, pos + s.data.nbytes))
         pos += s.data.nbytes
-    stored = tuple(StoredTensor(s.name, s.dtype, s.shape, s.data) for s in ordered)
+    stored = tuple(StoredTensor(s.name, s.dtype, s.shape, s.data, s.align) for s in ordered)
     return Plan(tuple(entries), stored, tuple(leaves), skeleton, meta, module)
+
+
+def plan_flat(
+    stored: Sequence[StoredTensor],
+    frameworks: Mapping[str, str],
+    *,
+    metadata: Mapping[str, str],
+) -> Plan:
+    """A plan for a file holding ``stored`` as a flat dict, each tensor whole (a shard).
+
+    ``stored`` keeps its order in the structure; the data section is laid out by SPEC 2.2.
+    ``frameworks`` names each tensor's framework (default NumPy).
+    """
+    leaves = [
+        Leaf(frameworks.get(s.name, "numpy"), "tensor", s.dtype, s.shape, s.name)  # type: ignore[arg-type]
+        for s in stored
+    ]
+    skeleton = {"$dict": [[s.name, {"$t": i}] for i, s in enumerate(stored)]}
+    stores = [_Store(s.name, s.dtype, s.shape, s.data, s.align) for s in stored]
+    return _layout(skeleton, leaves, stores, dict(metadata), None)

@@ -34,13 +34,16 @@ def convert(
     to: Target = "satchel",
     verify: bool = True,
     progress: ProgressArg = None,
+    max_shard_size: int | str | None = None,
 ) -> str:
     """Read ``src`` in whatever format it is and write it to ``dst`` as ``to``; returns ``to``.
 
     ``src`` is a path, or a file already opened with :func:`satchel.open` (its own ``verify``
     and ``framework`` then apply; open it with ``framework="numpy"`` for the usual result).
 
-    ``satchel`` (= ``safetensors``: every satchel file is one) keeps the whole structure.
+    ``satchel`` (= ``safetensors``: every satchel file is one) keeps the whole structure; with
+    ``max_shard_size`` ``dst`` is a folder of shards in the Hugging Face layout (SPEC 9), so
+    ``.bin`` shards become safetensors shards without unpickling anything.
     ``npz`` and ``oneflow`` hold flat name -> array maps (nested names joined with ``/`` and
     ``.``); ``torch`` writes a zip that ``torch.load(weights_only=True)`` reads, no torch needed.
     Every write is atomic. Nothing from ``src`` is ever executed.
@@ -56,8 +59,10 @@ def convert(
     else:
         obj = load(src, framework="numpy", verify=verify, progress=progress)
     out = Path(dst)
+    if max_shard_size is not None and to not in ("satchel", "safetensors"):
+        raise UsageError(f"max_shard_size applies to to='satchel' only, not to={to!r}")
     if to in ("satchel", "safetensors"):
-        save(obj, out, progress=progress)
+        save(obj, out, progress=progress, max_shard_size=max_shard_size)
     elif to == "torch":
         write_torch(obj, out)
     else:

@@ -9,6 +9,7 @@ simple order stays.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,15 +35,22 @@ class Written:
 
 
 def write_plan(
-    plan: Plan, path: Path, *, progress: Progress | None = None, file_digest: bool = False
+    plan: Plan,
+    path: Path,
+    *,
+    progress: Progress | None = None,
+    file_digest: bool = False,
+    sums: Sequence[str] | None = None,
 ) -> Written:
     """Write ``plan`` atomically to ``path``.
 
     With ``file_digest`` the xxh3-64 of the whole file is also returned (the manager's commit
-    record needs it); a plain save skips that pass over the bytes.
+    record needs it); a plain save skips that pass over the bytes. ``sums`` are the stored
+    tensors' digests when the caller already has them (a sharded save hashes once).
     """
     with atomic_file(path) as fd:
-        sums = digests(plan)
+        if sums is None:
+            sums = digests(plan)
         with paused_gc():  # rendering builds the header's many small objects; writing builds none
             header = render_header(plan, sums)
         digest = _sequential(header, plan, fd, progress, file_digest=file_digest)

@@ -8,16 +8,18 @@ touch (SPEC 3.7), so ``ck[name]`` reads and verifies only the bytes it needs.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping, Sequence
 from functools import partial
 
+from .._format.manifest import Leaf
 from .._format.validate import xxh3_hex
-from .._io.reader import open_file
+from .._io.reader import Opened, open_file
 from .._tree import unflatten
 from ..adapters import c_strides
 from ..errors import IntegrityError
 from .refs import ArrayRef, Storage, Tree, U8Array
 
-__all__ = ["read_native"]
+__all__ = ["leaf_refs", "native_tree", "read_native", "stored_storages"]
 
 
 def read_native(path: str | os.PathLike[str], *, mmap: bool, verify: bool) -> Tree:
@@ -28,29 +30,44 @@ def read_native(path: str | os.PathLike[str], *, mmap: bool, verify: bool) -> Tr
         FormatError: the header or manifest breaks a SPEC rule (names the field).
         IntegrityError: the manifest does not match its own checksum.
     """
-    opened = open_file(path, mmap=mmap)
-    where, header, manifest, data = str(opened.path), opened.header, opened.manifest, opened.data
+    return native_tree(open_file(path, mmap=mmap), verify=verify)
+
+
+def native_tree(opened: Opened, *, verify: bool) -> Tree:
+    """:func:`read_native` of a file already opened (a shard's header read by its index)."""
+    where, header, manifest = str(opened.path), opened.header, opened.manifest
+    storages = stored_storages(opened, verify=verify)
     if manifest is None:
         # A plain safetensors file: a flat dict of NumPy arrays, in data order.
         root = {
             e.name: ArrayRef(
-                Storage(None, e.name, region=(data, e.start, e.end)),
-                e.dtype,
-                e.shape,
-                c_strides(e.shape),
-                0,
-                framework="numpy",
+                storages[e.name], e.dtype, e.shape, c_strides(e.shape), 0, framework="numpy"
             )
             for e in header.entries
         }
         return Tree(root, "safetensors", dict(header.metadata))
-    storages = {}
-    for e in header.entries:
-        check = partial(_check, where, e.name, manifest.stored[e.name].xxh3) if verify else None
-        storages[e.name] = Storage(None, e.name, region=(data, e.start, e.end), check=check)
+    refs = leaf_refs(manifest.leaves, storages)
+    root = unflatten(manifest.root, refs.__getitem__, where=where)
+    return Tree(root, "satchel", dict(manifest.metadata), manifest.module, checksummed=True)
+
+
+def stored_storages(opened: Opened, *, verify: bool) -> dict[str, Storage]:
+    """One storage per stored tensor, sliced from the mapping on first use; with ``verify``
+    and a manifest, each checks its xxh3-64 on first touch (SPEC 3.7)."""
+    where, data, manifest = str(opened.path), opened.data, opened.manifest
+    checked = verify and manifest is not None
+    out = {}
+    for e in opened.header.entries:
+        check = partial(_check, where, e.name, manifest.stored[e.name].xxh3) if checked else None  # type: ignore[union-attr]
+        out[e.name] = Storage(None, e.name, region=(data, e.start, e.end), check=check)
+    return out
+
+
+def leaf_refs(leaves: Sequence[Leaf], storages: Mapping[str, Storage]) -> list[ArrayRef]:
+    """The manifest's leaves as refs over their stored tensors' storages (SPEC 3.6)."""
     strides: dict[tuple[int, ...], tuple[int, ...]] = {}  # many leaves share a few shapes
     refs = []
-    for leaf in manifest.leaves:
+    for leaf in leaves:
         st = leaf.strides
         if st is None:
             st = strides.get(leaf.shape)
@@ -68,8 +85,7 @@ def read_native(path: str | os.PathLike[str], *, mmap: bool, verify: bool) -> Tr
                 leaf.framework,
             )
         )
-    root = unflatten(manifest.root, refs.__getitem__, where=where)
-    return Tree(root, "satchel", dict(manifest.metadata), manifest.module, checksummed=True)
+    return refs
 
 
 def _check(where: str, name: str, expected: str, data: U8Array) -> None:

@@ -76,5 +76,8 @@ def _open(  # noqa: PLR0917 - private: open_path passes its own keywords through
             raise
     else:
         root = registry.reader(fmt).read(Path(path), verify=verify)
-        tree = Tree(root, fmt, {"format": fmt}, checksummed=verify and fmt in _CHECKSUMMED)
+        if isinstance(root, Tree):  # a reader that knows its metadata and checksums says so
+            tree = root
+        else:
+            tree = Tree(root, fmt, {"format": fmt}, checksummed=verify and fmt in _CHECKSUMMED)
     return ArrayFile(tree, path=str(path), framework=framework, device=device, dtype=dtype)

@@ -30,14 +30,14 @@ from ..errors import SatchelFileNotFoundError
 __all__ = ["ForeignName", "FormatName", "Probe", "Reader", "probe"]
 
 ForeignName = Literal[
-    "torch", "oneflow", "numpy", "npz", "gguf", "mxnet", "tensorflow", "keras", "orbax",
-    "torch-tar",
+    "sharded", "torch", "oneflow", "numpy", "npz", "gguf", "mxnet", "tensorflow", "keras",
+    "orbax", "torch-tar",
 ]  # fmt: skip
 """A format some reader in ``registry`` reads."""
 
 FormatName = Literal[
-    "satchel", "safetensors", "torch", "oneflow", "numpy", "npz", "gguf", "mxnet", "tensorflow",
-    "keras", "orbax", "torch-tar",
+    "satchel", "safetensors", "sharded", "torch", "oneflow", "numpy", "npz", "gguf", "mxnet",
+    "tensorflow", "keras", "orbax", "torch-tar",
 ]  # fmt: skip
 """What ``satchel.detect`` returns: satchel's own two (read by ``satchel._read``) or a reader's."""
 

@@ -7,12 +7,13 @@ plain safetensors are sniffed by ``detect`` itself and read by ``satchel._read``
 
 from __future__ import annotations
 
-from . import gguf, keras, mxnet, npz, numpy, oneflow, orbax, tar, tensorflow, torch
+from . import gguf, keras, mxnet, npz, numpy, oneflow, orbax, sharded, tar, tensorflow, torch
 from ._reader import ForeignName, Reader
 
 __all__ = ["READERS", "reader"]
 
 READERS: dict[ForeignName, Reader] = {
+    "sharded": sharded,
     "torch": torch,
     "oneflow": oneflow,
     "numpy": numpy,

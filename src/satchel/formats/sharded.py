@@ -1,0 +1,224 @@
+"""Sharded checkpoints in the Hugging Face layout (docs/formats.md#sharded, SPEC 9).
+
+A folder holding ``<prefix>.safetensors.index.json`` (transformers' ``save_pretrained``,
+diffusers, huggingface_hub's ``save_torch_state_dict``, satchel) or
+``pytorch_model.bin.index.json`` (older transformers), or the index file itself. The index maps
+each tensor to its shard; satchel's own index also carries the manifest of the whole checkpoint.
+
+Opening reads the index and the shards' headers only (a ``.bin`` shard is interpreted by the
+allowlisting pickle machine, never unpickled). Every name the index gives is a plain file in the
+index's folder, opened without following a symlink out of it.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+from typing import Any
+
+from .._format.manifest import Manifest
+from .._io.reader import open_file
+from .._read.native import leaf_refs, native_tree, stored_storages
+from .._read.refs import ArrayRef, Deferred, Storage, Tree
+from .._shards.index import MAX_INDEX, Index, parse_index
+from .._tree import unflatten
+from ..errors import FormatError, IntegrityError
+from . import torch as torch_reader
+from ._reader import Probe
+
+__all__ = ["find_index", "read", "sniff"]
+
+_SAFE_INDEX = ".safetensors.index.json"
+_BIN_INDEX = ".bin.index.json"
+
+
+def find_index(folder: Path) -> Path | None:
+    """The folder's index (one of each kind at most; safetensors wins, as in transformers).
+
+    Raises:
+        FormatError: several safetensors (or several .bin) indexes: pass the one to read.
+    """
+    try:
+        names = [p.name for p in folder.iterdir()]
+    except OSError:
+        return None
+    for suffix in (_SAFE_INDEX, _BIN_INDEX):
+        found = sorted(n for n in names if n.endswith(suffix) and not n.startswith("."))
+        if len(found) > 1:
+            raise FormatError(
+                f"{folder}: holds several shard indexes ({', '.join(found)}); pass the index "
+                "file to read",
+                path=str(folder),
+                field="index",
+            )
+        if found:
+            return folder / found[0]
+    return None
+
+
+def sniff(probe: Probe) -> bool:
+    if probe.is_dir:
+        try:
+            return find_index(probe.path) is not None
+        except FormatError:
+            return True  # ours to refuse, with the message that says which index to pass
+    # An index file, from its bytes: a JSON object naming "weight_map" early (the writers put
+    # only a small "metadata" object before it).
+    head = probe.head.lstrip()
+    return head[:1] == b"{" and b'"weight_map"' in head
+
+
+def read(path: Path, *, verify: bool = True) -> Tree:
+    """The checkpoint the index describes, lazily: see the module docstring.
+
+    Raises:
+        FormatError: a bad index, a missing or misplaced shard, a tensor the shard lacks, a
+            tensor in two shards (each naming the file and the entry).
+        IntegrityError: a shard changed since the index was written.
+    """
+    index_path = find_index(path) if path.is_dir() else path
+    if index_path is None:
+        raise FormatError(f"{path}: no shard index in this folder", path=str(path))
+    where = str(index_path)
+    index = parse_index(_read_regular(index_path, MAX_INDEX + 1, where), where=where)
+    folder = index_path.parent
+    shards = {name: _shard_path(folder, name, where) for name in index.files}
+    if all(n.endswith(".safetensors") for n in shards):
+        return _safetensors(index, shards, where=where, verify=verify)
+    if all(n.endswith(".bin") for n in shards):
+        return _bins(index, shards, where=where, verify=verify)
+    raise FormatError(
+        f"{where}: shards mix formats ({', '.join(sorted(shards)[:4])}); expected all "
+        ".safetensors or all .bin",
+        path=where,
+        field="weight_map",
+    )
+
+
+def _safetensors(index: Index, shards: dict[str, Path], *, where: str, verify: bool) -> Tree:
+    storages: dict[str, Storage] = {}
+    refs: dict[str, ArrayRef] = {}
+    owner: dict[str, str] = {}
+    checksummed = True
+    for file, path in shards.items():
+        opened = open_file(path)
+        checksummed = checksummed and opened.manifest is not None
+        if index.manifest is not None:
+            _same_as_index(index.manifest, opened.manifest, index, file, where)
+            storages.update(stored_storages(opened, verify=verify))
+        else:
+            root = native_tree(opened, verify=verify).root
+            for name, x in root.items() if isinstance(root, dict) else ():
+                if isinstance(x, ArrayRef):
+                    refs[name] = x
+        for e in opened.header.entries:
+            if e.name in owner:
+                raise FormatError(
+                    f"{where}: tensor {e.name!r} is in two shards ({owner[e.name]} and {file})",
+                    path=where,
+                    field=e.name,
+                )
+            owner[e.name] = file
+    _promised(index, owner, where)
+    if index.manifest is not None:
+        m = index.manifest
+        leaves = leaf_refs(m.leaves, storages)
+        root = unflatten(m.root, leaves.__getitem__, where=f"{where}: satchel manifest")
+        return Tree(root, "sharded", dict(m.metadata), m.module, checksummed=True)
+    flat = {name: refs[name] for name in index.weight_map}
+    return Tree(flat, "sharded", {"format": "sharded"}, checksummed=checksummed and verify)
+
+
+def _bins(index: Index, shards: dict[str, Path], *, where: str, verify: bool) -> Tree:
+    owner: dict[str, str] = {}
+    values: dict[str, Any] = {}
+    for file, path in shards.items():
+        state = torch_reader.read(path, verify=verify)
+        if isinstance(state, Deferred):
+            state = state.resolve()
+        if not isinstance(state, dict):
+            raise FormatError(
+                f"{where}: shard {file} holds a {type(state).__name__}, not a state dict",
+                path=where,
+                field=file,
+            )
+        for name, value in state.items():
+            if name in owner:
+                raise FormatError(
+                    f"{where}: tensor {name!r} is in two shards ({owner[name]} and {file})",
+                    path=where,
+                    field=str(name),
+                )
+            owner[name] = file
+            values[name] = value
+    _promised(index, owner, where)
+    flat = {name: values[name] for name in index.weight_map}
+    return Tree(flat, "sharded", {"format": "sharded"}, checksummed=verify)
+
+
+def _promised(index: Index, owner: dict[str, str], where: str) -> None:
+    """Every tensor the index maps is in the shard it names, and only there (SPEC 9.5)."""
+    for name, file in index.weight_map.items():
+        found = owner.get(name)
+        if found != file:
+            what = f"is in {found}" if found else "is in no shard"
+            raise FormatError(
+                f"{where}: the index puts tensor {name!r} in {file}, but it {what}; the folder "
+                "mixes files of different saves",
+                path=where,
+                field=name,
+            )
+
+
+def _same_as_index(
+    m: Manifest, shard: Manifest | None, index: Index, file: str, where: str
+) -> None:
+    """A shard satchel wrote records the checksums the index does; anything else changed."""
+    names = [n for n, f in index.weight_map.items() if f == file]
+    for name in names:
+        want = m.stored[name]
+        got = shard.stored.get(name) if shard is not None else None
+        if got is None or (got.xxh3, got.dtype, got.shape) != (want.xxh3, want.dtype, want.shape):
+            raise IntegrityError(
+                f"{where}: shard {file} changed since the index was written (tensor {name!r} "
+                "is not the one saved); the folder mixes files of different saves",
+                path=where,
+                field=name,
+                reason=f"shard {file} changed since the save",
+            )
+
+
+def _shard_path(folder: Path, name: str, where: str) -> Path:
+    """``folder/name``, a regular file that is in the folder (a symlink must stay inside)."""
+    path = folder / name
+    try:
+        st = os.stat(path)
+    except FileNotFoundError as e:
+        raise FormatError(
+            f"{where}: the index names shard {name}, which does not exist",
+            path=where,
+            field=name,
+        ) from e
+    if not stat.S_ISREG(st.st_mode):
+        raise FormatError(f"{where}: shard {name} is not a regular file", path=where, field=name)
+    if path.is_symlink() and path.resolve().parent != folder.resolve():
+        raise FormatError(
+            f"{where}: shard {name} is a symlink out of the folder; satchel opens nothing "
+            "outside the index's folder",
+            path=where,
+            field=name,
+        )
+    return path
+
+
+def _read_regular(path: Path, cap: int, where: str) -> bytes:
+    """At most ``cap`` bytes of a regular file (a FIFO or device would block or never end)."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise FormatError(f"{where}: is not a regular file", path=where)
+        with os.fdopen(os.dup(fd), "rb") as f:
+            return f.read(cap)
+    finally:
+        os.close(fd)
