@@ -329,3 +329,32 @@ def test_spec_9_4_commands_accept_folders(
     assert "v" in capsys.readouterr().out
     assert cli_main(["convert", str(a), str(tmp_path / "one.safetensors")]) == 0
     assert np.array_equal(satchel.load(tmp_path / "one.safetensors")["v"], np.zeros(600))
+
+
+_STREAM = textwrap.dedent(
+    """
+    import resource, sys, torch, satchel
+    torch.set_grad_enabled(False)
+    model = torch.nn.Sequential(*[torch.nn.Linear(2048, 2048, bias=False) for _ in range(6)])
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    satchel.load_state(model, sys.argv[1])
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print((peak - base) * 1024)
+    """
+)
+
+
+def test_spec_9_4_load_state_streams_shard_by_shard(tmp_path: Path) -> None:
+    # Six 16 MiB tensors in six shards: loading into a model that already holds its memory must
+    # not map every shard at once; the peak grows by about one shard, not by the checkpoint.
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(*[torch.nn.Linear(2048, 2048, bias=False) for _ in range(6)])
+    folder = tmp_path / "big"
+    satchel.save(model.state_dict(), folder, max_shard_size=17_000_000)
+    assert len(_shards(folder)) == 6
+    r = subprocess.run(
+        [sys.executable, "-c", _STREAM, str(folder)], capture_output=True, text=True, check=True
+    )
+    grew = int(r.stdout.split()[-1])
+    shard = 2048 * 2048 * 4
+    assert grew < 2.5 * shard, f"peak grew by {grew / shard:.1f} shards"

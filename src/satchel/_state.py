@@ -16,6 +16,8 @@ from typing import Any
 import numpy as np
 
 from ._api import load
+from ._read.file import ArrayFile
+from ._read.open import open_path
 from .adapters import is_array
 from .errors import StateMismatchError, UsageError
 
@@ -87,8 +89,20 @@ def load_state(
     if hasattr(target, "load_state_dict") and hasattr(target, "param_groups"):
         return _load_optimizer(target, source)
     dst = _target_arrays(target)
-    src_all = _flatten(_as_mapping(source))
+    if not isinstance(source, Mapping):
+        with open_path(source) as f:
+            return _load_streaming(
+                target, dst, f, strict, include, exclude, rename, skip_mismatched
+            )
+    src_all = _flatten(source)
     report, pairs = _match(dst, src_all, include, exclude, rename)
+    _refuse(target, report, strict, skip_mismatched)
+    for name, value in pairs:
+        _copy_into(dst[name], value)
+    return report
+
+
+def _refuse(target: Any, report: LoadReport, strict: bool, skip_mismatched: bool) -> None:
     # Like torch's load_state_dict, a shape/dtype mismatch fails even when not strict: copying
     # it is impossible. skip_mismatched (OneFlow's ignore_mismatch) turns that into a report.
     fails = (strict and bool(report.missing or report.unexpected)) or (
@@ -101,8 +115,37 @@ def load_state(
             f"shape/dtype mismatches):\n  {report.summary()}",
             report,
         )
-    for name, value in pairs:
-        _copy_into(dst[name], value)
+
+
+def _load_streaming(  # noqa: PLR0917 - private: load_state passes its own options through
+    target: Any,
+    dst: dict[str, Any],
+    f: ArrayFile,
+    strict: bool,
+    include: Sequence[str] | None,
+    exclude: Sequence[str] | None,
+    rename: Rename,
+    skip_mismatched: bool,
+) -> LoadReport:
+    """A file's arrays into ``dst``, matched from headers alone, then read and copied one
+    file (shard) at a time, each shard's bytes released before the next is read."""
+    structure = f.structure
+    if not isinstance(structure, Mapping):
+        raise UsageError(f"{f.path}: holds a {type(structure).__name__}, not a mapping of arrays")
+    infos = _flatten(structure)
+    report, pairs = _match(dst, infos, include, exclude, rename)
+    _refuse(target, report, strict, skip_mismatched)
+    name_of = {id(info): name for name, info in infos.items()}
+    wanted = {name_of[id(info)]: tname for tname, info in pairs}
+    if not set(f.keys()).issuperset(wanted):  # a name the file spells differently: read whole
+        loaded = _flatten(f.load())
+        for name, tname in wanted.items():
+            _copy_into(dst[tname], loaded[name])
+        return report
+    for group in f.groups(wanted):
+        for name in group:
+            _copy_into(dst[wanted[name]], f[name])
+        f.release(group)
     return report
 
 
@@ -200,7 +243,7 @@ def _is_tensor(x: Any) -> bool:
 
 
 def _describe(x: Any) -> str:
-    dtype = str(x.dtype).removeprefix("torch.")
+    dtype = str(x.dtype).removeprefix("torch.")  # TensorInfo's dtype is the bare name
     return f"{dtype}{list(x.shape)}"
 
 

@@ -8,7 +8,7 @@ tied weights, casts and device placement behave the same whatever format the fil
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -162,6 +162,25 @@ class ArrayFile:
         for ref in self._refs:
             out.setdefault(id(ref.storage), ref.storage)
         return list(out.values())
+
+    def groups(self, names: Iterable[str]) -> list[list[str]]:
+        """``names`` grouped by the file their bytes live in (one group per shard), in the
+        order the files first appear; names of plain arrays form their own group."""
+        out: dict[str, list[str]] = {}
+        for name in names:
+            x = self._leaf(name)
+            origin = x.storage.origin if isinstance(x, ArrayRef) else ""
+            out.setdefault(origin, []).append(name)
+        return list(out.values())
+
+    def release(self, names: Iterable[str]) -> None:
+        """Forget the arrays of ``names`` and the bytes behind them, so a shard's mapping can
+        go (``load_state`` streams shard by shard); reading them again is an error."""
+        for name in names:
+            x = self._leaf(name)
+            self._m.forget(x)
+            if isinstance(x, ArrayRef):
+                x.storage.release()
 
     def close(self) -> None:
         """Forget the file; arrays already returned stay valid (they hold the mapping)."""

@@ -87,6 +87,13 @@ class Materializer:
         self._made[key] = out
         return out
 
+    def forget(self, x: ArrayRef | np.ndarray[Any, Any]) -> None:
+        """Drop what was made for ``x`` (and the base over its storage)."""
+        self._made.pop(id(x), None)
+        if isinstance(x, ArrayRef):
+            for fw in ("numpy", "torch"):
+                self._bases.pop((id(x.storage), fw), None)
+
     def _from_ref(self, ref: ArrayRef) -> Any:
         fw = self._framework_of(ref)
         storage = ref.storage

@@ -59,7 +59,8 @@ def stored_storages(opened: Opened, *, verify: bool) -> dict[str, Storage]:
     out = {}
     for e in opened.header.entries:
         check = partial(_check, where, e.name, manifest.stored[e.name].xxh3) if checked else None  # type: ignore[union-attr]
-        out[e.name] = Storage(None, e.name, region=(data, e.start, e.end), check=check)
+        region = (data, e.start, e.end)
+        out[e.name] = Storage(None, e.name, region=region, check=check, origin=where)
     return out
 
 

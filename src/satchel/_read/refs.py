@@ -48,7 +48,7 @@ class Storage:
     ``IntegrityError``, and keeps raising on every later touch.
     """
 
-    __slots__ = ("_check", "_data", "_region", "name", "nbytes")
+    __slots__ = ("_check", "_data", "_region", "name", "nbytes", "origin")
 
     def __init__(
         self,
@@ -58,8 +58,10 @@ class Storage:
         nbytes: int | None = None,
         region: tuple[U8Array, int, int] | None = None,
         check: Check | None = None,
+        origin: str = "",
     ) -> None:
         self._data = data
+        self.origin = origin  # the file the bytes live in (a shard of a sharded checkpoint)
         self._region = region
         self._check = check
         self.name = name
@@ -88,6 +90,12 @@ class Storage:
     def checked(self) -> bool:
         """Whether nothing is left to check (no check given, or it passed)."""
         return self._check is None
+
+    def release(self) -> None:
+        """Drop the bytes and the mapping they come from (``load_state`` streams shard by
+        shard); touching them afterwards is an error."""
+        self._data = self._region = None
+        self._check = None
 
     def fill(self, data: U8Array) -> None:
         """Provide the bytes of a storage created with a declared size."""
