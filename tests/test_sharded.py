@@ -358,3 +358,18 @@ def test_spec_9_4_load_state_streams_shard_by_shard(tmp_path: Path) -> None:
     grew = int(r.stdout.split()[-1])
     shard = 2048 * 2048 * 4
     assert grew < 2.5 * shard, f"peak grew by {grew / shard:.1f} shards"
+
+
+def test_spec_9_4_a_one_file_folder_reads_through_its_file(tmp_path: Path) -> None:
+    folder = tmp_path / "hf"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    satchel.save({"w": torch.ones(3)}, folder / "model.safetensors")
+    assert torch.equal(satchel.load(folder)["w"], torch.ones(3))
+    # Beside an index, the single file wins, as in transformers (SPEC 9.3 removes it on save).
+    satchel.save({"w": torch.zeros(3)}, tmp_path / "s", max_shard_size=100)
+    for p in (tmp_path / "s").iterdir():
+        os.replace(p, folder / p.name)
+    assert torch.equal(satchel.load(folder)["w"], torch.ones(3))
+    os.unlink(folder / "model.safetensors")
+    assert torch.equal(satchel.load(folder)["w"], torch.zeros(3))

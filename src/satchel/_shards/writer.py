@@ -83,7 +83,7 @@ def plan_sharded(
         frameworks.setdefault(leaf.data, leaf.framework)
     groups = split_stored(plan, limit) or [[]]
     names = shard_names(prefix, len(groups), taken=taken)
-    shard_meta = {**_HF_FORMAT, **plan.metadata}
+    shard_meta = {**plan.metadata, **_HF_FORMAT}  # loaders check it: "pt" wins
     shards = []
     weight_map: dict[str, str] = {}
     for name, group in zip(names, groups, strict=True):

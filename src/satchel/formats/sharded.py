@@ -34,16 +34,18 @@ _BIN_INDEX = ".bin.index.json"
 
 
 def find_index(folder: Path) -> Path | None:
-    """The folder's index (one of each kind at most; safetensors wins, as in transformers).
+    """What to read in a Hugging Face folder, in transformers' order of preference: a single
+    ``<prefix>.safetensors`` beside its index, the safetensors index, ``model.safetensors``,
+    then the same for ``.bin``; ``None`` when the folder holds none of them.
 
     Raises:
         FormatError: several safetensors (or several .bin) indexes: pass the one to read.
     """
     try:
-        names = [p.name for p in folder.iterdir()]
+        names = {p.name for p in folder.iterdir()}
     except OSError:
         return None
-    for suffix in (_SAFE_INDEX, _BIN_INDEX):
+    for suffix, single in ((_SAFE_INDEX, "model.safetensors"), (_BIN_INDEX, "pytorch_model.bin")):
         found = sorted(n for n in names if n.endswith(suffix) and not n.startswith("."))
         if len(found) > 1:
             raise FormatError(
@@ -53,7 +55,10 @@ def find_index(folder: Path) -> Path | None:
                 field="index",
             )
         if found:
-            return folder / found[0]
+            whole = found[0].removesuffix(".index.json")  # model.safetensors, pytorch_model.bin
+            return folder / (whole if whole in names else found[0])
+        if single in names:
+            return folder / single
     return None
 
 
@@ -81,6 +86,11 @@ def read(path: Path, *, verify: bool = True) -> Tree:
     if index_path is None:
         raise FormatError(f"{path}: no shard index in this folder", path=str(path))
     where = str(index_path)
+    if not index_path.name.endswith(".index.json"):  # a one-file folder: read that file
+        single = _shard_path(index_path.parent, index_path.name, str(path))
+        if single.suffix == ".bin":
+            return Tree(torch_reader.read(single, verify=verify), "sharded", {"format": "sharded"})
+        return native_tree(open_file(single), verify=verify)
     index = parse_index(_read_regular(index_path, MAX_INDEX + 1, where), where=where)
     folder = index_path.parent
     shards = {name: _shard_path(folder, name, where) for name in index.files}
