@@ -121,8 +121,8 @@ def resume_demo(work: Path) -> None:
     child.send_signal(signal.SIGKILL)  # no chance to clean up: as hard as a power cut gets
     child.wait()
     print(f"killed the training process with SIGKILL after '{last}'")
-    mgr = satchel.CheckpointManager(root)
-    print(f"checkpoints on disk: {mgr.steps()} (newest valid is restored)")
+    view = satchel.CheckpointRoot(root)  # a reader: the resumed run below is the writer
+    print(f"checkpoints on disk: {view.steps()} (newest valid is restored)")
 
     resumed, start = demo_train.train(root, total)
     print(f"resumed from step {start} in a new run and trained to step {total}")

@@ -8,7 +8,10 @@ line is flushed, so a parent that SIGKILLs this process knows what was committed
 Training is deterministic: the state after step ``s`` is the same whichever process computed
 it, so a digest reported for a step by one life must be reported again by any later life.
 
-Usage: crash_worker.py ROOT [--keep-last N] [--mode blocking|async] [--max-steps N]
+Usage: crash_worker.py ROOT [--keep-last N] [--mode blocking|async] [--max-steps N] [--small]
+
+``--small`` trains a state of a few KiB instead: saves then take a few milliseconds, so a
+reader meets many commits and deletions in a second.
 
 ``crash_worker.py --serve`` is a fork server for the SIGKILL campaign: it imports everything
 once, then for each ``run OUTFILE ARGS...`` line on stdin forks a worker (stdout to OUTFILE) and
@@ -34,13 +37,17 @@ SHAPES = {
     "model": {"w1": (512, 1024), "b1": (1024,), "w2": (1024, 256), "b2": (256,)},
     "opt": {"m_w1": (512, 1024), "m_w2": (1024, 256)},
 }
+SMALL = {  # the same names (digest() reads either), a few KiB
+    "model": {"w1": (8, 16), "b1": (16,), "w2": (16, 8), "b2": (256,)},
+    "opt": {"m_w1": (8, 16), "m_w2": (16, 8)},
+}
 
 
-def initial_state() -> dict[str, dict[str, np.ndarray]]:
+def initial_state(small: bool = False) -> dict[str, dict[str, np.ndarray]]:
     rng = np.random.default_rng(0)
     return {
         item: {k: rng.standard_normal(shape, dtype=np.float32) for k, shape in arrays.items()}
-        for item, arrays in SHAPES.items()
+        for item, arrays in (SMALL if small else SHAPES).items()
     }
 
 
@@ -72,6 +79,7 @@ def main(argv: list[str]) -> int:
     p.add_argument("--keep-last", type=int, default=3)
     p.add_argument("--mode", choices=("blocking", "async"), default="blocking")
     p.add_argument("--max-steps", type=int, default=0, help="0: run until killed")
+    p.add_argument("--small", action="store_true", help="a state of a few KiB")
     args = p.parse_args(argv)
 
     import satchel
@@ -81,7 +89,7 @@ def main(argv: list[str]) -> int:
         sys.stdout.flush()
 
     mgr = satchel.CheckpointManager(args.root, keep_last=args.keep_last)
-    state = initial_state()
+    state = initial_state(args.small)
     step = -1
     if mgr.latest() is not None:
         res = mgr.restore()

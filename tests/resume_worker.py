@@ -124,8 +124,9 @@ def main(argv: list[str]) -> None:
         random.seed(999)
         np.random.seed(999)
         torch.manual_seed(999)
-        mgr = satchel.CheckpointManager(ckpt)
-        restored = mgr.restore(
+        # Two of these run at once on one root: they only read it, so a CheckpointRoot (a
+        # CheckpointManager would hold the root's writer lock, and the second would be refused).
+        restored = satchel.CheckpointRoot(ckpt).restore(
             model=run.model,
             optimizer=run.opt,
             scheduler=run.sched,

@@ -11,10 +11,12 @@ Two kinds of test:
 from __future__ import annotations
 
 import errno
+import json
 import os
 import random
 import re
 import select
+import shutil
 import subprocess
 import sys
 import time
@@ -27,6 +29,7 @@ import pytest
 
 import satchel
 from satchel._io import atomic as atomic_mod
+from satchel._io.atomic import stale_temps
 
 TMP_MARK = ".satchel-tmp-"
 
@@ -127,17 +130,20 @@ def test_one_save_makes_the_expected_calls_in_order(
     assert names[0] == "open"
     tmp, flags, *_ = spy.calls[0][1]
     assert Path(tmp).parent == tmp_path
-    assert re.fullmatch(r"\.count\.satchel\.satchel-tmp-\d+-[0-9a-f]+", Path(tmp).name), tmp
+    # Short (item 14): the final name is not part of it, so any name the file system allows works.
+    assert re.fullmatch(rf"\.satchel-tmp-{os.getpid()}-[0-9a-f]{{8}}", Path(tmp).name), tmp
     assert flags & os.O_EXCL and flags & os.O_CREAT
     i_replace = names.index("replace")
     assert spy.calls[i_replace][1] == (tmp, tmp_path / "count.satchel")
     before = names[:i_replace]
-    assert before[-2:] == ["fsync", "close"], before  # data made durable, then closed, then rename
+    assert before[-1] == "fsync", before  # data made durable, then the rename
     fd = spy.calls[i_replace - 1][1][0]
     assert all(args[0] == fd for n, args in spy.calls[1:i_replace] if n in ("write", "fsync"))
     after = spy.calls[i_replace + 1 :]
-    assert [n for n, _ in after] == ["open", "fsync", "close"]  # the folder is fsynced
-    assert Path(after[0][1][0]) == tmp_path
+    # Closed (releasing its flock, SPEC 7.3) only once renamed; then the folder is fsynced.
+    assert [n for n, _ in after] == ["close", "open", "fsync", "close"]
+    assert after[0][1] == (fd,)
+    assert Path(after[1][1][0]) == tmp_path
 
 
 def _faults(
@@ -358,3 +364,250 @@ def test_load_directory_is_a_format_error(tmp_path: Path) -> None:
     assert "adir" in str(ei.value)
     with pytest.raises(satchel.FormatError):
         satchel.open(tmp_path / "adir")
+
+
+# -- the longest names (item 14) -----------------------------------------------------------------
+LONGEST = ["n" * 251 + ".bin", "é" * 127 + "x"]  # 255 bytes each, the usual NAME_MAX
+
+
+@pytest.mark.parametrize("name", LONGEST, ids=["ascii", "utf8"])
+def test_spec_7_1_every_name_the_file_system_allows_works(tmp_path: Path, name: str) -> None:
+    assert len(name.encode()) == 255
+    target = tmp_path / name
+    satchel.save({"w": np.arange(5)}, target)
+    satchel.save({"w": np.arange(6)}, target)  # replacing works too
+    assert satchel.load(target)["w"].tolist() == list(range(6))
+    for to in ("npz", "torch", "oneflow"):
+        folder = tmp_path / to
+        folder.mkdir()
+        satchel.convert(target, folder / name, to=to)
+        satchel.convert(target, folder / name, to=to)
+        assert satchel.load(folder / name)["w"].tolist() == list(range(6)), to
+        assert [p.name for p in folder.iterdir()] == [name]
+    assert temp_files(tmp_path) == []
+
+
+# -- temp files of killed writers (item 13) ------------------------------------------------------
+def spawn(code: str, *args: str | Path) -> subprocess.Popen[bytes]:
+    """A child python running ``code``; it prints ``ready`` once it holds what it should."""
+    env = dict(os.environ)
+    src = str(Path(satchel.__file__).resolve().parents[1])
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [src, env.get("PYTHONPATH")]))
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, *map(str, args)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+    )
+    ready, _, _ = select.select([proc.stdout], [], [], 60)
+    assert ready, "child never became ready"
+    line = proc.stdout.readline()  # type: ignore[union-attr]
+    assert line == b"ready\n", (line, proc.stderr.read())  # type: ignore[union-attr]
+    return proc
+
+
+def finish(proc: subprocess.Popen[bytes], *, kill: bool) -> int:
+    if kill:
+        proc.kill()
+    else:
+        proc.stdin.close()  # type: ignore[union-attr]
+    code = proc.wait(timeout=60)
+    for stream in (proc.stdin, proc.stdout, proc.stderr):
+        if stream is not None and not stream.closed:
+            stream.close()
+    return code
+
+
+def size(path: Path) -> int:
+    """The size of ``path``, 0 once it is gone (renamed into place by its writer)."""
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0
+
+
+def dead_pid() -> int:
+    """The pid of a process that has exited and been reaped."""
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+BIG_SAVER = r"""
+import sys
+import numpy as np
+import satchel
+
+big = np.ones(25_000_000)  # 200 MB
+print("ready", flush=True)
+while True:
+    satchel.save({"w": big}, sys.argv[1])
+"""
+
+LIVE_WRITER = r"""
+import os, sys
+from pathlib import Path
+from satchel._io.atomic import atomic_file
+
+with atomic_file(Path(sys.argv[1])) as fd:
+    os.write(fd, b"half a file")
+    print("ready", flush=True)
+    sys.stdin.read()  # writes until the test closes our stdin
+"""
+
+LOCK_HOLDER = r"""
+import fcntl, os, sys
+
+fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o644)
+fcntl.flock(fd, fcntl.LOCK_EX)
+print("ready", flush=True)
+sys.stdin.read()
+"""
+
+
+def test_spec_7_3_next_save_removes_the_temp_of_a_killed_save(tmp_path: Path) -> None:
+    proc = spawn(BIG_SAVER, tmp_path / "big.satchel")
+    try:
+        deadline = time.monotonic() + 60
+        while not any(size(tmp_path / n) > 8 << 20 for n in temp_files(tmp_path)):
+            assert time.monotonic() < deadline, "the child never started writing"
+            time.sleep(0.005)
+    finally:
+        assert finish(proc, kill=True) == -9
+    left = temp_files(tmp_path)
+    assert len(left) == 1, left
+    assert re.fullmatch(rf"\.satchel-tmp-{proc.pid}-[0-9a-f]{{8}}", left[0])
+    assert stale_temps(tmp_path) == [tmp_path / left[0]]
+    satchel.save({"x": np.arange(3)}, tmp_path / "other.satchel")
+    assert temp_files(tmp_path) == []
+    assert stale_temps(tmp_path) == []
+
+
+def test_spec_7_3_a_live_writers_temp_is_kept(tmp_path: Path) -> None:
+    proc = spawn(LIVE_WRITER, tmp_path / "slow.satchel")
+    try:
+        (theirs,) = temp_files(tmp_path)
+        time.sleep(0.05)  # their temp is now older than our save: only liveness protects it
+        assert stale_temps(tmp_path) == []
+        satchel.save({"x": np.arange(3)}, tmp_path / "other.satchel")
+        assert temp_files(tmp_path) == [theirs]
+    finally:
+        assert finish(proc, kill=False) == 0
+    assert (tmp_path / "slow.satchel").read_bytes() == b"half a file"  # it committed fine
+    assert temp_files(tmp_path) == []
+
+
+def test_spec_7_3_a_locked_temp_is_kept_even_if_its_pid_looks_dead(tmp_path: Path) -> None:
+    """The pid in a name may belong to another pid namespace (a container sharing the folder):
+    the writer's flock on its temp file is what protects it."""
+    temp = tmp_path / f".satchel-tmp-{dead_pid()}-0123abcd"
+    proc = spawn(LOCK_HOLDER, temp)
+    try:
+        time.sleep(0.05)
+        satchel.save({"x": np.arange(3)}, tmp_path / "a.satchel")
+        assert temp.exists()
+        assert stale_temps(tmp_path) == []
+    finally:
+        finish(proc, kill=False)
+    satchel.save({"x": np.arange(3)}, tmp_path / "a.satchel")  # the lock is gone now
+    assert not temp.exists()
+
+
+def test_spec_7_3_only_our_dead_stale_temp_files_are_removed(tmp_path: Path) -> None:
+    dead = dead_pid()
+    past = time.time() - 60
+    removed = [
+        f".satchel-tmp-{dead}-0123abcd",
+        f".model.satchel.satchel-tmp-{dead}-89abcdef",  # an older satchel's name
+    ]
+    kept = [
+        ".satchel-tmp-notes",
+        f"model.satchel-tmp-{dead}-0123abcd",  # no leading dot: not a name satchel makes
+        f".satchel-tmp-{dead}-0123abcd.bak",
+        f".satchel-tmp-{os.getpid()}-0123abcd",  # this process is alive (another thread?)
+    ]
+    for name in removed + kept:
+        (tmp_path / name).write_bytes(b"x")
+        os.utime(tmp_path / name, (past, past))
+    newer = tmp_path / f".satchel-tmp-{dead}-feedbeef"  # newer than the save that cleans
+    newer.write_bytes(b"x")
+    future = time.time() + 3600
+    os.utime(newer, (future, future))
+    folder = tmp_path / f".satchel-tmp-{dead}-00000000"  # a folder: never ours to remove
+    folder.mkdir()
+    os.symlink(tmp_path / kept[0], tmp_path / f".satchel-tmp-{dead}-11111111")
+    os.mkfifo(tmp_path / f".satchel-tmp-{dead}-22222222")  # must not block the cleaner
+    assert stale_temps(tmp_path) == sorted(tmp_path / n for n in removed)
+    satchel.save({"x": np.arange(3)}, tmp_path / "x.satchel")
+    left = {p.name for p in tmp_path.iterdir()}
+    assert not left & set(removed)
+    assert set(kept) | {newer.name, folder.name, "x.satchel"} <= left
+    assert stale_temps(tmp_path) == []
+
+
+def test_verify_warns_about_stale_temps(tmp_path: Path) -> None:
+    target = tmp_path / "m.satchel"
+    satchel.save({"x": np.arange(3)}, target)
+    stale = tmp_path / f".satchel-tmp-{dead_pid()}-0123abcd"
+    stale.write_bytes(b"half")
+    for where in (target, tmp_path):
+        report = satchel.verify(where)
+        assert [w.where for w in report.warnings] == [str(stale)], where
+        assert "killed" in report.warnings[0].message
+    assert satchel.verify(target).ok  # a warning, not a problem with the file
+    env = {**os.environ, "PYTHONPATH": str(Path(satchel.__file__).resolve().parents[1])}
+    r = subprocess.run(
+        [sys.executable, "-m", "satchel", "verify", str(target)],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+    )
+    assert r.returncode == 0, r.stderr
+    assert "warning" in r.stdout and stale.name in r.stdout, r.stdout
+    r = subprocess.run(
+        [sys.executable, "-m", "satchel", "verify", str(target), "--json"],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+    )
+    doc = json.loads(r.stdout)
+    assert [w["where"] for w in doc["warnings"]] == [str(stale)]
+
+
+# -- folders replaced by convert(to="oneflow") (item 16) -----------------------------------------
+def test_oneflow_folder_is_put_back_when_the_new_one_cannot_take_its_place(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The second rename fails for real: the finished temp folder is removed just before it, as
+    a concurrent cleaner of temp entries would. The one hook is on ``os.rename`` to time that."""
+    old_src, new_src = tmp_path / "old.satchel", tmp_path / "new.satchel"
+    satchel.save({"w": np.arange(4.0)}, old_src)
+    satchel.save({"w": np.arange(9.0)}, new_src)
+    dst = tmp_path / "of"
+    satchel.convert(old_src, dst, to="oneflow")
+    before = sorted(
+        (str(p.relative_to(dst)), p.read_bytes()) for p in dst.rglob("*") if p.is_file()
+    )
+    real_rename = os.rename
+    fired = []
+
+    def rename(a: Any, b: Any) -> None:
+        if Path(b) == dst and not fired:
+            fired.append(a)
+            shutil.rmtree(a)  # the new folder vanishes between the two renames
+        real_rename(a, b)
+
+    monkeypatch.setattr(os, "rename", rename)
+    with pytest.raises(satchel.SatchelError) as ei:
+        satchel.convert(new_src, dst, to="oneflow")
+    monkeypatch.undo()
+    assert fired
+    assert isinstance(ei.value, FileNotFoundError) and ei.value.errno == errno.ENOENT
+    assert str(dst) in str(ei.value)
+    after = sorted((str(p.relative_to(dst)), p.read_bytes()) for p in dst.rglob("*") if p.is_file())
+    assert after == before  # the old folder is back under its name
+    assert satchel.load(dst)["w"].tolist() == [0.0, 1.0, 2.0, 3.0]
+    assert temp_files(tmp_path) == []

@@ -6,12 +6,16 @@ creates the root. The names of a root's entries are spelled in ``_checkpoint/lay
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
+import io
 import json
 import os
 import subprocess
 import sys
+import threading
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +24,7 @@ import pytest
 
 import satchel
 from satchel import CheckpointManager, CheckpointRoot, CheckpointWarning
+from satchel._cli import main
 
 REPO = Path(__file__).resolve().parents[1]
 SRC = REPO / "src" / "satchel"
@@ -41,9 +46,9 @@ def tree(root: Path) -> dict[str, tuple[int, int]]:
 @pytest.fixture
 def root(tmp_path: Path) -> Path:
     r = tmp_path / "run"
-    mgr = CheckpointManager(r, keep_last=2)
-    for s in (1, 2, 3):
-        mgr.save(s, model=arr(s), metrics={"loss": 1.0 / s}, extra={"s": s})
+    with CheckpointManager(r, keep_last=2) as mgr:
+        for s in (1, 2, 3):
+            mgr.save(s, model=arr(s), metrics={"loss": 1.0 / s}, extra={"s": s})
     return r
 
 
@@ -95,11 +100,10 @@ def test_view_never_locks_nor_writes(root: Path, monkeypatch: pytest.MonkeyPatch
 
 
 HOLD_LOCK = """
-import pathlib, sys, time
-from satchel._checkpoint.lock import WriterLock
-with WriterLock(pathlib.Path(sys.argv[1])).hold():
-    print("locked", flush=True)
-    time.sleep(120)
+import sys, time, satchel
+mgr = satchel.CheckpointManager(sys.argv[1])
+print("locked", flush=True)
+time.sleep(120)
 """
 
 
@@ -111,7 +115,7 @@ def test_view_restores_while_a_writer_holds_the_lock(root: Path) -> None:
         assert holder.stdout is not None
         assert holder.stdout.readline().strip() == "locked"
         with pytest.raises(satchel.CheckpointLockedError):
-            CheckpointManager(root).save(4, model=arr(4))
+            CheckpointManager(root)
         view = CheckpointRoot(root)
         assert view.steps() == [2, 3]
         assert view.restore().extra == {"s": 3}
@@ -145,6 +149,138 @@ def test_verify_of_a_root_lists_its_step_folders(root: Path) -> None:
     assert [(i.step, i.record is None) for i in report.checkpoints] == [(2, True), (3, False)]
     assert report.problems[0].where == "step 2"
     assert satchel.verify(root / "step_00000003").checkpoints == ()
+
+
+# -- hostile entries: FIFOs and links (SPEC 8.12, 8.6) --------------------------------------------
+def finishes(fn: Any, *, fifos: Sequence[Path] = (), timeout: float = 5.0) -> Any:
+    """``fn()`` in a thread that must return within ``timeout`` seconds, so that a reader that
+    blocks on a FIFO fails this test instead of hanging the suite."""
+    box: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            box["value"] = fn()
+        except BaseException as e:
+            box["error"] = e
+
+    t = threading.Thread(target=target, daemon=True)
+    t.start()
+    t.join(timeout)
+    if t.is_alive():
+        for fifo in fifos:  # open the other end: the blocked open() returns, the thread ends
+            with contextlib.suppress(OSError):
+                os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        t.join(5)
+        pytest.fail(f"{fn} still blocked after {timeout} s: it opened a FIFO")
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
+
+
+HOSTILE = {
+    # what replaces part of step 3, and whether step 3 still counts as committed
+    "fifo_record": False,
+    "link_to_fifo_record": False,
+    "link_to_a_record_outside": False,
+    "fifo_item": True,
+    "link_to_an_item_outside": True,
+    "dir_item": True,
+    "link_step": None,  # not even listed
+}
+
+
+def make_hostile(root: Path, outside: Path, how: str) -> list[Path]:
+    """Break step 3 of ``root`` as ``how`` says; the FIFOs made (to unblock a hung reader)."""
+    folder = root / "step_00000003"
+    record, item = folder / "manifest.json", folder / "model.satchel"
+    fifo = outside / "fifo"
+    if "fifo" in how:
+        os.mkfifo(fifo)
+    if how == "fifo_record":
+        record.unlink()
+        os.mkfifo(record)
+        return [record]
+    if how == "fifo_item":
+        item.unlink()
+        os.mkfifo(item)
+        return [item]
+    if how == "dir_item":
+        item.unlink()
+        item.mkdir()
+    elif how == "link_to_fifo_record":
+        record.unlink()
+        os.symlink(fifo, record)
+    elif how == "link_to_a_record_outside":
+        record.rename(outside / "manifest.json")
+        os.symlink(outside / "manifest.json", record)
+    elif how == "link_to_an_item_outside":
+        item.rename(outside / "model.satchel")
+        os.symlink(outside / "model.satchel", item)
+    elif how == "link_step":
+        folder.rename(outside / folder.name)
+        os.symlink(outside / folder.name, folder)
+    return [fifo] if "fifo" in how else []
+
+
+@pytest.mark.parametrize("how", list(HOSTILE))
+def test_spec_8_12_readers_and_writers_open_only_regular_files_inside_the_root(
+    root: Path, tmp_path: Path, how: str
+) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    fifos = make_hostile(root, outside, how)
+    committed = HOSTILE[how]
+    before = tree(outside)
+    view = CheckpointRoot(root)
+
+    def run(fn: Any) -> Any:
+        return finishes(fn, fifos=fifos)
+
+    assert run(view.steps) == ([2, 3] if committed else [2])
+    infos = run(view.checkpoints)
+    listed = [(2, True), (3, False)] if committed is not None else [(2, True)]
+    assert [(i.step, i.valid) for i in infos] == listed
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert run(view.restore).step == 2
+    assert len(caught) == (committed is not None)
+    assert run(lambda: view.check(3)) is not None
+    with pytest.raises(satchel.CheckpointNotFoundError, match="step 3"):
+        run(lambda: view.restore(step=3))
+    assert run(lambda: satchel.verify(root)).ok == (committed is None)
+    assert not run(lambda: satchel.verify(root / "step_00000003")).ok
+    out, err = io.StringIO(), io.StringIO()
+    assert run(lambda: main(["ls", str(root)], stdout=out, stderr=err)) == 0, err.getvalue()
+
+    def save_with_retention() -> None:
+        with CheckpointManager(root, keep_last=1) as mgr:
+            mgr.save(4, model=arr(4))
+
+    run(save_with_retention)  # the writer lists, then deletes what keep_last=1 does not keep
+    assert view.restore().step == 4
+    assert tree(outside) == before  # nothing outside the root was read through, or deleted
+
+
+@pytest.mark.parametrize("how", ["symlink", "dangling_symlink", "fifo", "directory"])
+def test_spec_8_6_the_lock_file_must_be_a_regular_file(tmp_path: Path, how: str) -> None:
+    root = tmp_path / "run"
+    root.mkdir()
+    precious = tmp_path / "precious.txt"
+    precious.write_text("someone else's data")
+    lock = root / ".satchel.lock"
+    if how == "symlink":
+        os.symlink(precious, lock)
+    elif how == "dangling_symlink":
+        os.symlink(tmp_path / "made-by-the-writer", lock)
+    elif how == "fifo":
+        os.mkfifo(lock)
+    else:
+        lock.mkdir()
+    with pytest.raises(satchel.FormatError, match=r"lock.*not a regular file"):
+        finishes(lambda: CheckpointManager(root), fifos=[lock])
+    assert precious.read_text() == "someone else's data"
+    assert not os.path.lexists(tmp_path / "made-by-the-writer")
+    assert sorted(os.listdir(root)) == [".satchel.lock"]
 
 
 # -- one home for the names ------------------------------------------------------------------------

@@ -4,6 +4,7 @@ over storages, one module materialises them, and ``satchel.open`` returns one cl
 from __future__ import annotations
 
 import io
+import os
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
@@ -223,3 +224,26 @@ def test_zip_member_crc_of_torch_files_is_checked(tmp_path: Path) -> None:
         satchel.load(p)
     assert "data/" in str(e.value)
     assert satchel.load(p, verify=False)["w"].shape == (256,)
+
+
+def test_a_fifo_is_refused_never_waited_on(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    fifo = tmp_path / "model.safetensors"
+    os.mkfifo(fifo)
+    code = (
+        "import sys, satchel\n"
+        "for f in (satchel.load, satchel.open, satchel.detect):\n"
+        "    try:\n"
+        "        f(sys.argv[1])\n"
+        "    except satchel.FormatError as e:\n"
+        "        assert 'not a regular file' in str(e), e\n"
+        "r = satchel.verify(sys.argv[1])\n"
+        "assert r.status == 'unreadable', r\n"
+        "print('refused')\n"
+    )
+    r = subprocess.run(
+        [sys.executable, "-c", code, str(fifo)], capture_output=True, text=True, timeout=60
+    )
+    assert r.stdout.strip() == "refused", r.stderr

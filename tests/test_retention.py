@@ -19,6 +19,7 @@ import pytest
 
 import satchel
 import satchel._checkpoint.manager
+from checkpoint_records import seal
 from satchel import CheckpointManager, CheckpointRoot
 from satchel._cli import main
 from satchel._io.atomic import TMP_MARKER
@@ -188,11 +189,12 @@ def test_keep_best_that_keeps_only_old_steps_still_keeps_the_newest(tmp_path: Pa
     assert mgr.steps() == [1, 6]
 
 
-def test_saving_an_older_step_never_deletes_the_newest_valid(tmp_path: Path) -> None:
+def test_spec_8_9_saving_an_older_step_never_deletes_the_newest_valid(tmp_path: Path) -> None:
     mgr = CheckpointManager(tmp_path, keep_best=("loss", "min", 1))
     mgr.save(10, model=arr(10), metrics={"loss": 5.0})
     mgr.save(5, model=arr(5), metrics={"loss": 1.0})  # better and older
     assert mgr.steps() == [5, 10]
+    mgr.close()
     mgr2 = CheckpointManager(tmp_path, keep_last=1)
     mgr2.save(3, model=arr(3))
     assert mgr2.steps() == [3, 10]  # keep_last keeps 10; 3 was just saved
@@ -206,6 +208,7 @@ def test_newest_valid_survives_when_a_newer_one_is_corrupt(tmp_path: Path) -> No
     data = bytearray(item.read_bytes())
     data[-1] ^= 0xFF
     item.write_bytes(bytes(data))
+    mgr.close()
     mgr = CheckpointManager(tmp_path, keep_best=("loss", "min", 1))
     mgr.save(5, model=arr(5), metrics={"loss": 1.0})  # best and just saved
     assert mgr.steps() == [5, 10]  # 10 is the newest valid one; the corrupt 20 may go
@@ -214,13 +217,14 @@ def test_newest_valid_survives_when_a_newer_one_is_corrupt(tmp_path: Path) -> No
 
 def test_retention_uses_metrics_recorded_on_disk(tmp_path: Path) -> None:
     losses = {1: 0.2, 2: 0.9, 3: 0.8}
-    save_all(CheckpointManager(tmp_path), [1, 2, 3], losses)
+    with CheckpointManager(tmp_path) as first:
+        save_all(first, [1, 2, 3], losses)
     mgr = CheckpointManager(tmp_path, keep_last=1, keep_best=("loss", "min", 1))
     mgr.save(4, model=arr(4), metrics={"loss": 0.5})
     assert mgr.steps() == [1, 4]
 
 
-def test_nan_metric_does_not_evict_the_best_checkpoint(tmp_path: Path) -> None:
+def test_spec_8_11_nan_metric_does_not_evict_the_best_checkpoint(tmp_path: Path) -> None:
     mgr = CheckpointManager(tmp_path, keep_best=("loss", "min", 1))
     # step 1 diverged (NaN, stored as null); step 3 is the real best
     for s, loss in [(1, math.nan), (2, 0.5), (3, 0.1), (4, 0.3), (5, 0.9)]:
@@ -392,7 +396,7 @@ def test_reader_of_an_old_record_shows_nothing_for_an_unknown_policy(tmp_path: P
     manifest = tmp_path / "step_00000002" / "manifest.json"
     doc = json.loads(manifest.read_text())
     del doc["kept"]  # as a writer that predates the field wrote it
-    manifest.write_text(json.dumps(doc))
+    manifest.write_bytes(seal(doc, version=1))
     assert CheckpointRoot(tmp_path).kept_by() == {1: [], 2: ["keep_last=1", "newest"]}
 
 
@@ -403,6 +407,6 @@ def test_malformed_kept_field_makes_the_record_invalid(tmp_path: Path, kept: Any
     manifest = tmp_path / "step_00000001" / "manifest.json"
     doc = json.loads(manifest.read_text())
     doc["kept"] = kept
-    manifest.write_text(json.dumps(doc))
+    manifest.write_bytes(seal(doc))
     (info,) = CheckpointRoot(tmp_path).checkpoints()
     assert info.record is None and info.problem is not None and "kept" in info.problem

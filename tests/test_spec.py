@@ -1431,7 +1431,7 @@ def test_spec_7_1_temp_file_protocol(tmp_path: Path, monkeypatch: pytest.MonkeyP
     tmp = replace[1]
     assert replace[2] == target
     assert tmp.parent == tmp_path
-    assert re.fullmatch(rf"\.model\.satchel\.satchel-tmp-{os.getpid()}-[0-9a-zA-Z]+", tmp.name)
+    assert re.fullmatch(rf"\.satchel-tmp-{os.getpid()}-[0-9a-f]{{8}}", tmp.name)
     i_replace = events.index(replace)
     (create,) = [e for e in events if e[0] == "open" and e[1] == tmp]
     assert create[2] & os.O_CREAT

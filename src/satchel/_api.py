@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ._gcpause import paused_gc
+from ._io.oserror import os_errors
 from ._io.writer import write_plan
 from ._plan import header_len, plan_save
 from ._progress import ProgressArg, reporter
@@ -46,7 +47,8 @@ def save(
     Raises:
         UnsupportedObjectError: ``obj`` holds something satchel cannot store (nothing written).
         SatchelFileNotFoundError: the destination folder does not exist.
-        OSError: the disk refused the write (the previous file is intact).
+        SatchelOSError: the disk refused the write, as the subclass for its errno
+            (``DiskFullError``, ``SatchelPermissionError``...); the previous file is intact.
 
     Example::
 
@@ -70,7 +72,9 @@ def save(
         return
     with paused_gc():  # planning builds most of satchel's objects; the write builds few
         plan = plan_save(obj, metadata=metadata, module=module)
-    if not target.parent.is_dir():
+    with os_errors(target, "write"):  # a folder one may not enter: SatchelPermissionError
+        folder_exists = target.parent.is_dir()
+    if not folder_exists:
         raise SatchelFileNotFoundError(f"{target}: folder {target.parent} does not exist")
     # header_len renders the header once more: only worth it when progress is shown.
     size = header_len(plan) + plan.data_len if progress else 0

@@ -7,7 +7,7 @@ see how much of a file survived.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
@@ -20,6 +20,7 @@ from ._checkpoint import (
     step_of,
 )
 from ._checkpoint import is_root as is_checkpoint_root
+from ._io.atomic import stale_temps
 from ._progress import ProgressArg, reporter
 from ._read.open import open_path
 from .errors import IntegrityError, SatchelError
@@ -43,7 +44,8 @@ class Problem:
 @dataclass(frozen=True)
 class VerifyReport:
     """``status`` is ``ok`` (all checks pass), ``corrupt`` (readable, some data bad) or
-    ``unreadable`` (the structure itself is broken). ``checked`` counts what was checked."""
+    ``unreadable`` (the structure itself is broken). ``checked`` counts what was checked.
+    ``warnings`` are not about the data: temp files that killed saves left in the folder."""
 
     path: str
     format: str
@@ -52,6 +54,7 @@ class VerifyReport:
     problems: tuple[Problem, ...] = ()
     checksummed: bool = True
     checkpoints: tuple[CheckpointInfo, ...] = ()  # a checkpoint root's step folders, verified
+    warnings: tuple[Problem, ...] = ()
 
     @property
     def ok(self) -> bool:
@@ -71,10 +74,21 @@ def verify(path: str | os.PathLike[str], *, progress: ProgressArg = None) -> Ver
     """
     p = Path(path)
     if is_checkpoint_root(p):
-        return _verify_root(p, progress)
-    if p.is_dir() and has_commit(p):
-        return _verify_step(p)
-    return _verify_file(p, progress)
+        report = _verify_root(p, progress)
+    elif p.is_dir() and has_commit(p):
+        report = _verify_step(p)
+    else:
+        report = _verify_file(p, progress)
+    return replace(report, warnings=_stale(p if p.is_dir() else p.parent))
+
+
+def _stale(folder: Path) -> tuple[Problem, ...]:
+    # SPEC 7.3: the next save into the folder removes them; until then they take disk space.
+    why = (
+        "temporary file left by a killed save (its process is gone); the next save into this "
+        "folder removes it, or delete it"
+    )
+    return tuple(Problem(str(t), why) for t in stale_temps(folder))
 
 
 def _verify_file(p: Path, progress: ProgressArg) -> VerifyReport:
@@ -83,7 +97,10 @@ def _verify_file(p: Path, progress: ProgressArg) -> VerifyReport:
     try:
         f = open_path(p)
     except SatchelError as e:
-        fmt = sniffed(p, refine=False) or "unknown"  # only the first bytes, on this error path
+        try:
+            fmt = sniffed(p, refine=False) or "unknown"  # the first bytes, on this error path
+        except SatchelError:
+            fmt = "unknown"
         native = fmt in ("unknown", *_NATIVE)
         status: Status = "corrupt" if isinstance(e, IntegrityError) and not native else "unreadable"
         return VerifyReport(str(p), fmt, status, 0, (Problem(str(p), str(e)),), native)

@@ -60,7 +60,8 @@ class Policy(Protocol):
 
     Call order, on every ``CheckpointManager.save``:
 
-    1. The writer lock is taken, before any file of the new step is written.
+    1. The manager holds the root's writer lock (it has since it was made): no other writer
+       changes the root meanwhile.
     2. ``keep(records)`` is called once per policy, in the order the manager was given them
        (``keep_last``, ``keep_every``, ``keep_best``, then ``policies=``). ``records`` holds
        every committed step, oldest first, the step being saved included (with the metrics
@@ -71,8 +72,8 @@ class Policy(Protocol):
     4. Every committed step that no policy kept is deleted, except the step just saved and the
        newest valid one.
 
-    ``CheckpointManager.kept_by()`` calls ``keep`` the same way, outside any save and without
-    the lock. ``keep`` must only decide: no I/O, no state carried between calls. Steps it
+    ``CheckpointManager.kept_by()`` calls ``keep`` the same way, outside any save (even on a
+    closed manager). ``keep`` must only decide: no I/O, no state carried between calls. Steps it
     returns that are not in ``records`` are ignored. ``name`` identifies the policy in commit
     records and in ``satchel ls``; it must be non-empty, unique among a manager's policies,
     and should spell the policy's parameters (``"below:loss<0.1"``).

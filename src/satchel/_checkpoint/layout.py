@@ -86,12 +86,17 @@ def is_root(p: Path) -> bool:
 
 
 def list_steps(root: Path) -> list[tuple[int, Path]]:
-    """Every step folder of ``root`` (committed or not), by step; anything else is ignored."""
+    """Every step folder of ``root`` (committed or not), by step; anything else is ignored.
+
+    One directory read: whether an entry is a folder (and not a link) comes with its name, so
+    no step renamed away after the read is dropped here unnoticed (SPEC 8.13).
+    """
     found = []
-    for p in root.iterdir():
-        step = step_of(p)
-        if step is not None and is_step_dir(p):
-            found.append((step, p))
+    with os.scandir(root) as entries:
+        for entry in entries:
+            m = _STEP_DIR.match(entry.name)
+            if m and entry.is_dir(follow_symlinks=False):
+                found.append((int(m.group(1)), root / entry.name))
     return sorted(found, key=lambda sp: sp[0])
 
 

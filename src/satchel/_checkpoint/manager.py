@@ -1,8 +1,12 @@
 """CheckpointManager: one folder per step, committed by a record written last (SPEC 8).
 
 Each step is built under a temp name, every file fsynced, the commit record written last, the
-folder renamed into place and the root fsynced (SPEC 8.5). Writers hold the root's writer
-lock while saving or deleting; reading goes through :class:`CheckpointRoot`, which never locks.
+folder renamed into place and the root fsynced (SPEC 8.5). A manager holds the root's writer
+lock from the moment it is made until ``close()`` (SPEC 8.6); reading goes through
+:class:`CheckpointRoot`, which never locks.
+
+A save that fails in the background is raised by the next ``save``/``wait``/``close``; if the
+process ends first, it is reported on stderr at exit (SPEC 8.14, ``open_writers``).
 """
 
 from __future__ import annotations
@@ -18,9 +22,11 @@ from typing import Any, Literal
 from .. import retention
 from .._gcpause import paused_gc
 from .._io.atomic import fsync_dir
+from .._io.oserror import make_folder, os_errors
 from .._io.writer import write_plan
 from .._plan import plan_save
 from ..errors import CheckpointExistsError, UsageError
+from . import open_writers
 from . import targets as _targets
 from .layout import EXTRA_ITEM, is_temp, item_file, step_name, temp_path, trash_path
 from .lock import WriterLock
@@ -38,15 +44,24 @@ class CheckpointManager:
     ``keep_best`` and the :class:`~satchel.retention.Policy` objects in ``policies``, in that
     order. With no policy every checkpoint is kept. The root is created if missing.
 
+    A manager is the root's one writer: it takes the writer lock when it is made and holds it
+    until :meth:`close` (or the end of a ``with`` block, or its process), so a second manager
+    on the same root, in this process or another, is refused at once. Read a root another
+    process writes to with :class:`CheckpointRoot`, which needs no lock.
+
     Example::
 
-        mgr = satchel.CheckpointManager("runs/exp1", keep_last=3)
-        mgr.save(step, model=model, optimizer=opt, scheduler=sched, rng=True,
-                 metrics={"val_loss": v}, extra={"epoch": epoch})
-        restored = mgr.restore(model=model, optimizer=opt, scheduler=sched, rng=True)
-        restored.step, restored.extra
+        with satchel.CheckpointManager("runs/exp1", keep_last=3) as mgr:
+            restored = mgr.restore(model=model, optimizer=opt, scheduler=sched, rng=True)
+            for step in range(restored.step + 1, steps):
+                ...
+                mgr.save(step, model=model, optimizer=opt, scheduler=sched, rng=True,
+                         metrics={"val_loss": v}, extra={"epoch": epoch}, blocking=False)
 
     Raises:
+        CheckpointLockedError: another manager holds the root; the message names it (pid,
+            host, since when).
+        FormatError: the root's lock file is a link or not a regular file.
         UsageError: a retention argument is out of range or a policy lacks ``name``/``keep``.
     """
 
@@ -63,13 +78,20 @@ class CheckpointManager:
         self.policies: tuple[retention.Policy, ...] = _policies(
             keep_last, keep_every, keep_best, policies
         )
-        self.root.mkdir(parents=True, exist_ok=True)
+        make_folder(self.root, doing="create the checkpoint root")  # a file here: ENOTDIR
         self._view = CheckpointRoot(self.root)
-        self._lock = WriterLock(self.root)
         self._thread: threading.Thread | None = None
-        self._error: BaseException | None = None
+        # The background save that failed, not yet raised: (step, error).
+        self._failed: tuple[int, BaseException] | None = None
         # The last async snapshot, kept after its write to be copied into by the next one.
         self._spare: Any = None
+        with os_errors(self.root, "lock the checkpoint root"):
+            self._lock = WriterLock(self.root)  # last: a refused manager holds nothing
+        open_writers.add(self)
+
+    def __repr__(self) -> str:
+        state = "open" if self._lock.held else "closed"
+        return f"CheckpointManager({str(self.root)!r}, {state})"
 
     # -- saving --------------------------------------------------------------------------------
     def save(
@@ -90,10 +112,11 @@ class CheckpointManager:
 
         Raises:
             CheckpointExistsError: ``step`` exists and ``overwrite`` is false.
-            CheckpointLockedError: another process is saving to this root.
+            UsageError: the manager is closed (or was made by the process this one forked from).
             UnsupportedObjectError: an item holds something satchel cannot store.
             OSError: the disk failed; the previous checkpoints are intact.
         """
+        self._check_open()
         self.wait()
         if isinstance(step, bool) or not isinstance(step, int) or step < 0:
             raise UsageError(f"step must be a non-negative int, got {step!r}")
@@ -103,10 +126,8 @@ class CheckpointManager:
         if extra is not None:
             prepared[EXTRA_ITEM] = extra
         clean_metrics = _metrics(metrics)
-        if not overwrite and (self.root / step_name(step)).exists():
-            raise CheckpointExistsError(
-                f"{self.root}: step {step} is already saved; pass overwrite=True to replace it"
-            )
+        if not overwrite:
+            _refuse_existing(self.root, step)
         if blocking:
             self._write(step, prepared, clean_metrics, overwrite)
             return
@@ -125,15 +146,24 @@ class CheckpointManager:
         if self._thread is not None:
             self._thread.join()
             self._thread = None
-        if self._error is not None:
-            err, self._error = self._error, None
+        if self._failed is not None:
+            (_, err), self._failed = self._failed, None
             raise err
 
     def close(self) -> None:
-        """Finish the save in flight and surface its error; release the snapshot buffers."""
+        """Finish the save in flight, then release the writer lock and the snapshot buffers.
+
+        The lock is released even when that save failed (its error is raised here). Closing
+        again does nothing; reading (``steps``, ``restore``...) still works, saving does not.
+        """
         self._spare = None
-        self.wait()
-        self._spare = None
+        try:
+            self.wait()
+        finally:
+            self._spare = None
+            if self._thread is None:  # never while a save may still write (an interrupted join)
+                self._lock.release()
+                open_writers.discard(self)
 
     def __enter__(self) -> CheckpointManager:
         return self
@@ -141,28 +171,64 @@ class CheckpointManager:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def __del__(self) -> None:
+        # Dropped without close(): the lock goes with the manager, and a background failure
+        # nobody waited for is reported rather than lost. (A save in flight keeps its manager
+        # alive, so it has finished by now.)
+        failed = getattr(self, "_failed", None)
+        if failed is not None:
+            self._failed = None
+            open_writers.report(self.root, *failed)
+        lock = getattr(self, "_lock", None)
+        if lock is not None:
+            lock.release()
+
+    def _check_open(self) -> None:
+        if self._lock.held:
+            return
+        if self._lock.pid != os.getpid():
+            raise UsageError(
+                f"{self.root}: this CheckpointManager belongs to process {self._lock.pid}, "
+                "which this one was forked from; make a CheckpointManager here to save"
+            )
+        raise UsageError(f"{self.root}: this CheckpointManager is closed; make a new one to save")
+
     def _background(
         self, step: int, items: dict[str, Any], metrics: dict[str, float], overwrite: bool
     ) -> None:
         try:
             self._write(step, items, metrics, overwrite)
-        except BaseException as e:  # surfaced by the next save()/wait()/close()
-            self._error = e
+        except BaseException as e:  # surfaced by the next save()/wait()/close(), or at exit
+            self._failed = (step, e)
         else:
             self._spare = items
+
+    def _finish_at_exit(self) -> None:
+        """Finish the save in flight and report its failure on stderr (SPEC 8.14)."""
+        if self._thread is not None:
+            self._thread.join()  # Python has joined it already; only a daemon would be running
+            self._thread = None
+        failed, self._failed = self._failed, None
+        if failed is not None:
+            open_writers.report(self.root, *failed)
+        self._lock.release()
+
+    def _disown(self) -> None:
+        self._failed = None  # the parent reports its own failures
+        self._lock.release()  # in a child: closes its copy, leaves the parent's lock alone
 
     def _write(
         self, step: int, items: dict[str, Any], metrics: dict[str, float], overwrite: bool
     ) -> None:
         with paused_gc():  # planning builds many small objects; writing builds none
             plans = {name: plan_save(value) for name, value in items.items()}
-        with self._lock.hold():
+        self._check_open()  # held since __init__: no other writer can be at work in the root
+        # A disk error anywhere in the save is a SatchelOSError naming the root (DiskFullError...).
+        with os_errors(self.root, f"save step {step}"):
             self._clean_temps()
             final = self.root / step_name(step)
-            if final.exists() and not overwrite:
-                raise CheckpointExistsError(
-                    f"{self.root}: step {step} is already saved; pass overwrite=True"
-                )
+            if not overwrite:
+                _refuse_existing(self.root, step)
             # Decided before anything is written, so a failing user policy costs no files; the
             # decision goes into the commit record and is carried out after the commit.
             others = [i for i in self._view.checkpoints(verify=False) if i.step != step]
@@ -181,12 +247,14 @@ class CheckpointManager:
             except BaseException:
                 shutil.rmtree(tmp, ignore_errors=True)
                 raise
+            # SPEC 8.13: the new step is in place (and durable) before any old one is renamed
+            # away, so a reader listing the root meanwhile always finds a committed step.
             self._apply_retention(step, others, kept)
 
     def _commit(self, tmp: Path, final: Path) -> None:
         """Rename the finished folder into place (SPEC 8.5); with overwrite, the old one is
         moved aside first and put back if the new one cannot take its place (SPEC 8.10)."""
-        old = self._stash(final) if final.exists() else None
+        old = self._stash(final) if os.path.lexists(final) else None
         try:
             os.rename(tmp, final)
         except BaseException:
@@ -198,10 +266,11 @@ class CheckpointManager:
             fsync_dir(self.root)
         finally:
             if old is not None:
-                shutil.rmtree(old, ignore_errors=True)
+                _discard(old)
 
     def _stash(self, folder: Path) -> Path:
-        """Rename a step folder to a temp name (durably), so no crash leaves half of it."""
+        """Rename a step folder (or whatever has its name) to a temp name, durably, so no crash
+        leaves half of it under a step name (SPEC 8.7)."""
         trash = trash_path(folder)
         os.rename(folder, trash)
         try:
@@ -249,7 +318,7 @@ class CheckpointManager:
                 break
         for info in infos:
             if info.record is not None and info.step not in kept and info.step not in protected:
-                shutil.rmtree(self._stash(info.path), ignore_errors=True)
+                _discard(self._stash(info.path))
 
     # -- reading (never takes the lock; the same as CheckpointRoot) ----------------------------
     def kept_by(self) -> dict[int, list[str]]:
@@ -281,6 +350,24 @@ class CheckpointManager:
             StateMismatchError: a model does not fit the saved parameters.
         """
         return self._view._restore(step, targets)
+
+
+def _refuse_existing(root: Path, step: int) -> None:
+    final = root / step_name(step)
+    if os.path.lexists(final):  # a link counts, even a dangling one: the rename would fail
+        raise CheckpointExistsError(
+            f"{root}: step {step} exists ({final.name}); pass overwrite=True to replace it"
+        )
+
+
+def _discard(path: Path) -> None:
+    """Delete a stashed entry: a real folder with all it holds, anything else (a file a user
+    left, a link) by its name only, never what a link points to."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
 
 
 def _policies(

@@ -1,32 +1,39 @@
 """The commit record of a step folder (SPEC 8.3): written last, checked first.
 
 Its presence makes a folder a checkpoint; the sizes and whole-file xxh3-64 digests it lists
-decide whether that checkpoint is valid. It is JSON (never pickle) with a strict schema.
+decide whether that checkpoint is valid. It is JSON (never pickle) with a strict schema, and
+(version 2) ends with its own xxh3-64, so that no damaged record passes for a valid one.
+
+Every file of a step is opened here and only here, never through a link and only if it is a
+regular file (SPEC 8.12): a FIFO or a device named like a checkpoint file must not block or
+feed a reader, and a link must not lead a reader (or a writer's retention) out of the root.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import math
-import mmap
 import os
 import platform
 import re
 import stat
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import xxhash
 
 from .._format.header import json_object
 from .._format.validate import xxh3_hex
 from .._io.atomic import write_all
 from .._version import __version__
-from ..errors import FormatError
+from ..errors import FormatError, IntegrityError
 from .layout import COMMIT_FILE, is_item_file
 
 __all__ = [
@@ -38,8 +45,16 @@ __all__ = [
 ]
 
 _FORMAT = "satchel-checkpoint"
-_VERSION = 1
+_VERSION = 2  # 1: satchel 0.1.0, without record_xxh3 (still read)
 _MAX_RECORD = 16 << 20  # a commit record lists files and numbers; more than 16 MiB is damage
+_CHUNK = 4 << 20  # item files are hashed this many bytes at a time
+# SPEC 8.3: a version 2 record ends with this member; its digest covers every byte before the
+# comma. Only whitespace may follow the object's closing brace.
+_SEAL_KEY = "record_xxh3"
+_SEAL = re.compile(rb',\s*"record_xxh3"\s*:\s*"([0-9a-f]{16})"\s*\}\s*\Z')
+# Read-only, never through a link, never waiting (a FIFO opens at once), never a terminal.
+_FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 @dataclass(frozen=True)
@@ -104,7 +119,9 @@ def write_commit(folder: Path, record: CommitRecord) -> None:
     }
     if record.kept:
         doc["kept"] = {name: list(steps) for name, steps in record.kept.items()}
-    data = json.dumps(doc, indent=1, allow_nan=False).encode("ascii")
+    text = json.dumps(doc, indent=1, allow_nan=False)
+    body = text[: text.rindex("}")].rstrip().encode("ascii")
+    data = body + f',\n "{_SEAL_KEY}": "{xxh3_hex(body)}"\n}}\n'.encode("ascii")
     fd = os.open(folder / COMMIT_FILE, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     try:
         write_all(fd, data)
@@ -117,21 +134,29 @@ def read_commit(folder: Path, *, expected_step: int | None) -> CommitRecord:
     """Parse and validate the commit record of ``folder``.
 
     Raises:
-        FormatError: missing, oversized or malformed record, naming the field.
-        OSError: the folder cannot be read.
+        FormatError: missing, oversized, malformed or not a regular file; ``folder`` is a link.
+        IntegrityError: the record does not match its own checksum (damaged).
+        OSError: the folder or the record cannot be read (``FileNotFoundError``: no folder).
     """
-    path = folder / COMMIT_FILE
-    where = str(path)
-    try:
-        with path.open("rb") as f:
-            raw = f.read(_MAX_RECORD + 1)
-    except FileNotFoundError as e:
-        raise FormatError(f"{where}: no commit record (the save did not finish)") from e
-    if len(raw) > _MAX_RECORD:
+    where = str(folder / COMMIT_FILE)
+    with _step_folder(folder) as dir_fd:
+        try:
+            fd = _open_regular(dir_fd, COMMIT_FILE, where)
+        except FileNotFoundError as e:
+            raise FormatError(f"{where}: no commit record (the save did not finish)") from e
+        try:
+            if os.fstat(fd).st_size > _MAX_RECORD:
+                raise FormatError(f"{where}: commit record larger than {_MAX_RECORD} bytes")
+            raw = _read_at_most(fd, _MAX_RECORD + 1)
+        finally:
+            os.close(fd)
+    if len(raw) > _MAX_RECORD:  # it grew after fstat
         raise FormatError(f"{where}: commit record larger than {_MAX_RECORD} bytes")
     doc = json_object(raw, where=where, what="commit record")
-    if doc.get("format") != _FORMAT or doc.get("version") != _VERSION:
+    version = doc.get("version")
+    if doc.get("format") != _FORMAT or isinstance(version, bool) or version not in (1, 2):
         raise FormatError(f"{where}: not a satchel checkpoint record (format/version)")
+    _check_seal(raw, doc, version, where)
     step = doc.get("step")
     if isinstance(step, bool) or not isinstance(step, int) or step < 0:
         raise FormatError(f"{where}: field 'step' is {step!r}, not a step number")
@@ -151,6 +176,25 @@ def read_commit(folder: Path, *, expected_step: int | None) -> CommitRecord:
     return CommitRecord(
         step, float(t), metrics, items, versions, tuple(kept), _kept(doc.get("kept", {}), where)
     )
+
+
+def _check_seal(raw: bytes, doc: Mapping[str, Any], version: int, where: str) -> None:
+    """SPEC 8.3: a version 2 record ends with its own xxh3-64; a version 1 record has none."""
+    if version == 1:
+        # 0.1.0 wrote no checksum. A version 1 record that has one is a damaged version 2 one.
+        if _SEAL_KEY in doc:
+            raise FormatError(f"{where}: a version 1 record with {_SEAL_KEY!r} (damaged)")
+        return
+    m = _SEAL.search(raw)
+    if m is None or doc.get(_SEAL_KEY) != m.group(1).decode("ascii"):
+        raise FormatError(f"{where}: the record does not end with its checksum {_SEAL_KEY!r}")
+    if xxh3_hex(raw[: m.start()]) != m.group(1).decode("ascii"):
+        raise IntegrityError(
+            f"{where}: the commit record does not match its checksum {_SEAL_KEY!r} (damaged)",
+            path=where,
+            field=_SEAL_KEY,
+            reason="commit record checksum mismatch",
+        )
 
 
 def _kept(value: Any, where: str) -> dict[str, tuple[int, ...]]:
@@ -201,25 +245,130 @@ def _items(value: Any, where: str) -> dict[str, ItemRecord]:
 
 
 def check_files(folder: Path, record: CommitRecord) -> str | None:
-    """Why the files disagree with the record (missing, size, digest), or ``None`` if valid."""
-    for name, rec in record.items.items():
-        path = folder / rec.file
-        try:
-            st = os.lstat(path)
-        except FileNotFoundError:
-            return f"item {name!r}: file {rec.file} is missing"
-        if not stat.S_ISREG(st.st_mode):
-            return f"item {name!r}: {rec.file} is not a regular file"
-        if st.st_size != rec.size:
-            return f"item {name!r}: {rec.file} is {st.st_size} bytes, record says {rec.size}"
-        try:
-            if rec.size and _digest(path) != rec.xxh3:
-                return f"item {name!r}: {rec.file} does not match its checksum (corrupt)"
-        except FileNotFoundError:  # deleted between lstat and open (a concurrent writer)
-            return f"item {name!r}: file {rec.file} is missing"
+    """Why the files disagree with the record, or ``None`` if the step is valid (SPEC 8.4).
+
+    Any failure to read counts against the step (SPEC 8.12), never escapes as an error: a
+    missing, non-regular or unreadable file, another size, another digest.
+    """
+    try:
+        with _step_folder(folder) as dir_fd:
+            for name, rec in record.items.items():
+                problem = _check_item(dir_fd, name, rec, str(folder / rec.file))
+                if problem is not None:
+                    return problem
+    except FileNotFoundError:
+        return f"{folder.name}: the step folder is gone"
+    except (FormatError, OSError) as e:
+        return str(e)
     return None
 
 
-def _digest(path: Path) -> str:
-    with path.open("rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
-        return xxh3_hex(mm)
+def _check_item(dir_fd: int, name: str, rec: ItemRecord, where: str) -> str | None:
+    what = f"item {name!r}: {rec.file}"
+    try:
+        fd = _open_regular(dir_fd, rec.file, where)
+    except FileNotFoundError:
+        return f"item {name!r}: file {rec.file} is missing"
+    except FormatError as e:
+        return f"{what}: {e.reason}"
+    except OSError as e:
+        return f"{what} cannot be read: {e}"
+    try:
+        size = os.fstat(fd).st_size
+        if size != rec.size:
+            return f"{what} is {size} bytes, record says {rec.size}"
+        if _digest(fd, rec.size) != rec.xxh3:
+            return f"{what} does not match its checksum (corrupt)"
+    except OSError as e:
+        return f"{what} cannot be read: {e}"
+    finally:
+        os.close(fd)
+    return None
+
+
+@contextmanager
+def _step_folder(folder: Path) -> Iterator[int]:
+    """A descriptor of ``folder``, opened without following a link: files are opened in it."""
+    try:
+        fd = os.open(folder, _DIR_FLAGS)
+    except OSError as e:
+        if e.errno not in (errno.ENOTDIR, errno.ELOOP):
+            raise
+        raise FormatError(f"{folder}: is {_kind(folder)}, not a step folder") from e
+    try:
+        yield fd
+    finally:
+        os.close(fd)
+
+
+def _open_regular(dir_fd: int, name: str, where: str) -> int:
+    """Open ``name`` in ``dir_fd`` for reading, refusing anything but a regular file.
+
+    Raises:
+        FormatError: a link, FIFO, folder, device or socket (``reason`` says which).
+        OSError: it cannot be opened (``FileNotFoundError``: there is none).
+    """
+    try:
+        fd = os.open(name, _FILE_FLAGS, dir_fd=dir_fd)
+    except OSError as e:
+        if e.errno not in (errno.ELOOP, errno.EISDIR, errno.ENXIO):
+            raise
+        kind = "a symbolic link" if e.errno == errno.ELOOP else "not openable"
+        kind = "a folder" if e.errno == errno.EISDIR else kind
+        raise _not_regular(where, kind) from e
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        raise _not_regular(where, _KINDS.get(stat.S_IFMT(mode), "a special file"))
+    return fd
+
+
+_KINDS = {
+    stat.S_IFDIR: "a folder",
+    stat.S_IFIFO: "a FIFO",
+    stat.S_IFCHR: "a character device",
+    stat.S_IFBLK: "a block device",
+    stat.S_IFSOCK: "a socket",
+    stat.S_IFLNK: "a symbolic link",
+    stat.S_IFREG: "a regular file",
+}
+
+
+def _kind(path: Path) -> str:
+    try:
+        return _KINDS.get(stat.S_IFMT(os.lstat(path).st_mode), "a special file")
+    except OSError:
+        return "not readable"
+
+
+def _not_regular(where: str, kind: str) -> FormatError:
+    reason = f"is {kind}, not a regular file"
+    return FormatError(f"{where}: {reason}", path=where, reason=reason)
+
+
+def _read_at_most(fd: int, limit: int) -> bytes:
+    """Up to ``limit`` bytes from ``fd``: a bound on what a hostile file can make us hold."""
+    parts, left = [], limit
+    while left > 0:
+        chunk = os.read(fd, min(left, _CHUNK))
+        if not chunk:
+            break
+        parts.append(chunk)
+        left -= len(chunk)
+    return b"".join(parts)
+
+
+def _digest(fd: int, size: int) -> str:
+    """xxh3-64 of the first ``size`` bytes of ``fd``, read in chunks (no mapping: a file cut
+    short meanwhile is an error here, not a SIGBUS)."""
+    h = xxhash.xxh3_64()
+    buf = bytearray(min(size, _CHUNK))
+    view = memoryview(buf)
+    done = 0
+    while done < size:
+        n = os.preadv(fd, [view[: min(len(buf), size - done)]], done)
+        if n == 0:
+            raise OSError(errno.EIO, f"file ended after {done} of {size} bytes (cut short)")
+        h.update(view[:n])
+        done += n
+    return h.hexdigest()

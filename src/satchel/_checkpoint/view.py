@@ -2,7 +2,9 @@
 
 An evaluation job, ``satchel ls`` and ``satchel.verify`` read a root through this while a
 training job keeps saving to it. Readers take no lock (SPEC 8.6), so everything here expects
-step folders to appear and disappear between two directory reads.
+step folders to appear and disappear between two directory reads: a listing that met a step
+being renamed away is taken again, so that it always holds the newest committed step (SPEC
+8.13), and a file that cannot be read makes its step invalid, never the reader fail (8.12).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from .record import CommitRecord, check_files, read_commit
 __all__ = ["CheckpointInfo", "CheckpointRoot", "CheckpointWarning", "RestoreResult"]
 
 _RACE_RETRIES = 5  # re-choose when a concurrent writer deletes the chosen step mid-restore
+_LIST_RETRIES = 20  # list again when a writer renamed something in the root meanwhile
 
 
 class CheckpointWarning(UserWarning):
@@ -95,14 +98,7 @@ class CheckpointRoot:
         With ``verify`` every file is checked against the size and xxh3-64 its record lists
         (``progress`` reports those bytes); without, only the commit records are read.
         """
-        out = []
-        for step, path in list_steps(self.root):
-            try:
-                record = read_commit(path, expected_step=step)
-            except (SatchelError, OSError) as e:
-                out.append(CheckpointInfo(step, path, None, f"not committed: {e}"))
-            else:
-                out.append(CheckpointInfo(step, path, record, None))
+        out = self._listing()
         if not verify:
             return out
         total = sum(_size(i) for i in out)
@@ -120,6 +116,38 @@ class CheckpointRoot:
         if report is not None:
             report(total)
         return checked
+
+    def _listing(self) -> list[CheckpointInfo]:
+        """Every step folder with its commit record, as of one moment (SPEC 8.13).
+
+        A writer commits a step (a rename) before it deletes older ones (more renames), but a
+        listing is a directory read followed by one record read per step: a step renamed away
+        in between would leave a listing without the newest committed step, and a directory
+        read long enough to need several system calls can miss a rename altogether. Either
+        shows as a listed step folder that is gone, or as a root changed during the read;
+        then the listing is taken again (a few times at most: a writer saves far less often).
+        """
+        out: list[CheckpointInfo] = []
+        for attempt in range(_LIST_RETRIES):
+            last = attempt == _LIST_RETRIES - 1
+            before = _stamp(self.root)
+            listed = list_steps(self.root)
+            raced = _stamp(self.root) != before
+            out = []
+            for step, path in listed:
+                try:
+                    record = read_commit(path, expected_step=step)
+                except (SatchelError, OSError) as e:
+                    if not os.path.lexists(path):
+                        raced = True  # renamed away by a writer since the listing
+                        continue
+                    raced = raced or (not last and _stamp(self.root) != before)  # replaced?
+                    out.append(CheckpointInfo(step, path, None, f"not committed: {e}"))
+                else:
+                    out.append(CheckpointInfo(step, path, record, None))
+            if not raced:
+                break
+        return out
 
     def steps(self) -> list[int]:
         """Steps with a commit record, oldest first (not verified; ``restore`` verifies)."""
@@ -170,6 +198,8 @@ class CheckpointRoot:
         broken ones (no commit record, missing or corrupt files) are skipped with a
         :class:`CheckpointWarning` and listed in ``skipped``. Steps that a concurrent writer
         deletes while this runs are not reported; the choice is simply made again (SPEC 8.8).
+        A file that cannot be read (a permission, an I/O error, a FIFO) makes its step invalid
+        like any other damage (SPEC 8.12).
 
         Raises:
             CheckpointNotFoundError: no such (valid) checkpoint.
@@ -217,7 +247,10 @@ class CheckpointRoot:
             warnings.warn(msg, CheckpointWarning, stacklevel=4)
 
     def _read_step(self, step: int) -> tuple[CommitRecord, dict[str, Any]]:
-        """The commit record and every item, mapped (so a later deletion cannot touch them)."""
+        """The commit record and every item, mapped (so a later deletion cannot touch them).
+
+        Called after :meth:`check` found every file regular, of its recorded size and digest.
+        """
         folder = self.root / step_name(step)
         record = read_commit(folder, expected_step=step)
         items = {name: load(folder / rec.file) for name, rec in record.items.items()}
@@ -248,6 +281,12 @@ def _rebuild(name: str, kept: Mapping[str, tuple[int, ...]]) -> Policy:
         return parse(name)
     except ValueError:
         return Recorded(name, frozenset(kept.get(name, ())))
+
+
+def _stamp(root: Path) -> tuple[int, int]:
+    """What changes whenever an entry of ``root`` is created, renamed or deleted."""
+    st = os.stat(root)
+    return st.st_mtime_ns, st.st_ctime_ns
 
 
 def _size(info: CheckpointInfo) -> int:

@@ -78,6 +78,7 @@ def _json(
         "checked": report.checked,
         "checksummed": report.checksummed,
         "problems": [{"where": p.where, "message": p.message} for p in report.problems],
+        "warnings": [{"where": w.where, "message": w.message} for w in report.warnings],
         "checkpoints": None,
     }
     if steps is not None:
@@ -106,6 +107,8 @@ def _text(
     st = con.style
     word, colour = _BADGE[report.status]
     con.line(f"{st(word, 'bold', colour)}  {report.path}  {st(_summary(report), 'dim')}")
+    for w in report.warnings:
+        con.line(f"  {st('warning', 'bold', 'yellow')}: {w.where}: {w.message}")
     if steps is not None:
         rows: list[list[Cell]] = []
         for info in steps:

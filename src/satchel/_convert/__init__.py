@@ -51,6 +51,7 @@ def convert(
     Raises:
         UsageError: unknown ``to``.
         SatchelError: ``src`` is unreadable or holds something ``to`` cannot represent.
+        SatchelOSError: writing ``dst`` failed (``DiskFullError``...); an old ``dst`` is intact.
     """
     if to not in _TARGETS:
         raise UsageError(f"to={to!r}: expected one of {', '.join(_TARGETS)}")

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import secrets
 import shutil
 from pathlib import Path
 from typing import Any
@@ -16,8 +15,10 @@ from typing import Any
 import numpy as np
 
 from .. import dtypes
-from .._io.atomic import TMP_MARKER, fsync_dir, write_all
+from .._io.atomic import fsync_dir, replace_folder, temp_path, write_all
+from .._io.oserror import os_errors
 from ..errors import UnsupportedObjectError
+from ..formats._codecs.zip import name_problem
 from ..formats.oneflow import DATA_TYPES
 
 __all__ = ["write_oneflow"]
@@ -28,18 +29,23 @@ _TEXT = {name: text for text, name in DATA_TYPES.values()}
 def write_oneflow(arrays: dict[str, np.ndarray[Any, Any]], path: Path) -> None:
     """Write ``name -> array`` as a OneFlow snapshot folder at ``path`` (replacing it)."""
     for name in arrays:
+        # One safe path component (the rule the .npz writer and zip reader share, rule Z3).
         if (
-            not name
-            or "/" in name
-            or "\x00" in name
-            or name in (".", "..", "snapshot_done")
+            "/" in name
+            or name_problem(name, writing=True) is not None
+            or name == "snapshot_done"
             or len(name.encode("utf-8")) > 255
         ):
             raise UnsupportedObjectError(
-                f"{name[:80]!r} cannot be a OneFlow variable folder name (no '/', NUL, and at "
-                "most 255 bytes)"
+                f"{name[:80]!r} cannot be a OneFlow variable folder name (one path component: "
+                "no '/', backslash, NUL, drive letter, '.' or '..'; at most 255 bytes)"
             )
-    tmp = path.parent / f".{path.name}{TMP_MARKER}{os.getpid()}-{secrets.token_hex(4)}"
+    with os_errors(path, "write"):  # a full disk is a DiskFullError naming ``path``
+        _write_folder(arrays, path)
+
+
+def _write_folder(arrays: dict[str, np.ndarray[Any, Any]], path: Path) -> None:
+    tmp = temp_path(path.parent)  # short: any name the file system allows works for ``path``
     os.mkdir(tmp)
     try:
         for name, arr in arrays.items():
@@ -55,14 +61,7 @@ def write_oneflow(arrays: dict[str, np.ndarray[Any, Any]], path: Path) -> None:
             fsync_dir(var)
         _write(tmp / "snapshot_done", b"")
         fsync_dir(tmp)
-        old = None
-        if path.exists():
-            old = path.parent / f".{path.name}.old{TMP_MARKER}{secrets.token_hex(4)}"
-            os.rename(path, old)
-        os.rename(tmp, path)
-        fsync_dir(path.parent)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        replace_folder(tmp, path)  # an existing folder is put back if the new one cannot move in
     except BaseException:
         with contextlib.suppress(OSError):
             shutil.rmtree(tmp)

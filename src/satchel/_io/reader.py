@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import mmap as _mmap
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,11 +43,19 @@ def open_file(path: str | os.PathLike[str], *, mmap: bool = True) -> Opened:
     p = Path(path)
     where = str(p)
     try:
-        f = p.open("rb")
+        # O_NONBLOCK: a FIFO named like a file must not hang the reader (it is refused below).
+        fd = os.open(p, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0))
     except FileNotFoundError as e:
         raise SatchelFileNotFoundError(f"{where}: no such file") from e
     except IsADirectoryError as e:
         raise FormatError(f"{where}: is a folder, not a satchel or safetensors file") from e
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise FormatError(
+            f"{where}: is not a regular file (a FIFO, device or socket); satchel reads files only",
+            path=where,
+        )
+    f = os.fdopen(fd, "rb")
     with f:
         size = os.fstat(f.fileno()).st_size
         n = parse_length(f.read(8), size, where=where)

@@ -41,6 +41,7 @@ def write_plan(
     progress: Progress | None = None,
     file_digest: bool = False,
     sums: Sequence[str] | None = None,
+    sync_folder: bool = True,
 ) -> Written:
     """Write ``plan`` atomically to ``path``.
 
@@ -48,7 +49,7 @@ def write_plan(
     record needs it); a plain save skips that pass over the bytes. ``sums`` are the stored
     tensors' digests when the caller already has them (a sharded save hashes once).
     """
-    with atomic_file(path) as fd:
+    with atomic_file(path, sync_folder=sync_folder) as fd:
         if sums is None:
             sums = digests(plan)
         with paused_gc():  # rendering builds the header's many small objects; writing builds none

@@ -140,9 +140,16 @@ def write_sharded(sharded: ShardedPlan, folder: Path, *, progress: Any = None) -
             def step(n: int, base: int = base) -> None:
                 progress(base + n)
 
-            out = write_plan(shard.plan, path, sums=shard.sums, progress=step if progress else None)
+            out = write_plan(
+                shard.plan,
+                path,
+                sums=shard.sums,
+                progress=step if progress else None,
+                sync_folder=False,  # one folder fsync for all shards, just below
+            )
             written.append(path)
             done += out.size
+        fsync_dir(folder)  # every shard durable under its name before the index names it
         with atomic_file(folder / sharded.index_name) as fd:  # SPEC 9.3: the commit
             write_all(fd, sharded.index)
     except BaseException:

@@ -21,11 +21,12 @@ Readers never import ``detect`` or ``registry``; those import the readers.
 from __future__ import annotations
 
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
-from ..errors import SatchelFileNotFoundError
+from ..errors import FormatError, SatchelFileNotFoundError
 
 __all__ = ["ForeignName", "FormatName", "Probe", "Reader", "probe"]
 
@@ -70,7 +71,16 @@ def probe(path: str | os.PathLike[str]) -> Probe:
     if p.is_dir():
         return Probe(p, True, 0, b"", b"")
     try:
-        with p.open("rb") as f:
+        # O_NONBLOCK: opening a FIFO must not wait for a writer; anything but a regular file is
+        # refused before a byte is read (a device or FIFO could block or never end).
+        fd = os.open(p, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0))
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise FormatError(
+                f"{p}: is not a regular file (a FIFO, device or socket); satchel reads files only",
+                path=str(p),
+            )
+        with os.fdopen(fd, "rb") as f:
             size = os.fstat(f.fileno()).st_size
             head = f.read(_HEAD)
             f.seek(max(0, size - _TAIL))
