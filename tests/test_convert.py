@@ -605,3 +605,37 @@ def test_billion_laughs_source_converts_in_bounded_time(tmp_path: Path, to: str)
         pytest.fail(f"convert(to={to!r}) of a 240-byte billion-laughs file ran past 8 s")
     assert out.returncode == 0, out.stderr[-1500:]
     assert out.stdout.split()[0] in ("converted", "refused")
+
+
+# Issue 9 item 11: a tensor name becomes an .npz member name; whoever unzips the file gets it.
+UNSAFE_NPZ_NAMES = [
+    "../../evil",
+    "a/../../evil",
+    "/etc/evil",
+    "a\\..\\evil",
+    "C:evil",
+    "a//b",
+    "a/",
+    "./a",
+    "a\x00b",
+]
+
+
+@pytest.mark.parametrize("name", UNSAFE_NPZ_NAMES)
+def test_unsafe_tensor_name_is_refused_as_npz_member(tmp_path: Path, name: str) -> None:
+    src = tmp_path / "names.satchel"
+    satchel.save({name: np.arange(3.0)}, src)
+    dst = tmp_path / "x.npz"
+    with pytest.raises(satchel.UnsupportedObjectError, match="member name") as info:
+        satchel.convert(src, dst, to="npz")
+    assert repr(name)[1:-1][:20] in str(info.value)
+    assert _dir_listing(tmp_path) == {"names.satchel"}
+
+
+@pytest.mark.parametrize("name", ["a/b/c", "layer.0.weight", "arr_0", "dots..inside", "é"])
+def test_safe_nested_tensor_names_become_npz_members(tmp_path: Path, name: str) -> None:
+    src = tmp_path / "names.satchel"
+    satchel.save({name: np.arange(3.0)}, src)
+    satchel.convert(src, tmp_path / "x.npz", to="npz")
+    with np.load(tmp_path / "x.npz", allow_pickle=False) as z:
+        assert z.files == [name]

@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import hostile_cases as hc
 import satchel
 from satchel.formats._codecs.zip import MAX_INFLATED, central_names, read_member, zip_members
 
@@ -443,3 +444,113 @@ def test_central_names_of_a_damaged_zip_is_none(tmp_path: Path, damage: str) -> 
     path = tmp_path / "bad.zip"
     path.write_bytes(bytes(raw))
     assert central_names(path) is None
+
+
+# -- issue 9 item 7: bombs inside members, bounded before anything is inflated ---------------------
+# safetensors' attacks/numpy_dos: a 4.9 MB .npz whose member inflates to 5 GB of zeros (no .npy
+# header at all) took the whole 5 GB before the header was looked at. Deflate expands at most
+# 1032:1, so a member's declared size must fit that ratio of its compressed size; an .npz
+# member's declared size must equal its .npy header plus the array bytes that header declares.
+CONFINED = 1 << 30  # RLIMIT_AS of the child that loads each bomb
+BOMB = 3 << 30  # bytes each bomb inflates to: three times the child's whole address space
+
+
+@functools.cache
+def _zeros_stream(n_mib: int) -> bytes:
+    """A raw deflate stream of ``n_mib`` MiB of zeros (~1 KiB per MiB), built in O(1) compression:
+    a full flush makes each 1 MiB block byte-aligned and independent, so one repeats."""
+    c = zlib.compressobj(9, zlib.DEFLATED, -15)
+    piece = c.compress(b"\0" * (1 << 20)) + c.flush(zlib.Z_FULL_FLUSH)
+    return piece * n_mib + zlib.compressobj(9, zlib.DEFLATED, -15).flush()
+
+
+def _npy_header(shape: tuple[int, ...], descr: str = "|u1") -> bytes:
+    header = f"{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape!r}, }}"
+    header += " " * ((-(10 + len(header) + 1)) % 64) + "\n"
+    return b"\x93NUMPY\x01\x00" + struct.pack("<H", len(header)) + header.encode("latin1")
+
+
+def _bomb_npz(tmp_path: Path, name: str, *, header: bytes, data: bytes, usize: int) -> Path:
+    entry = Entry("weights.npy", b"", method=8, data=data, usize=usize, crc=0)
+    return _write(tmp_path, build_zip([entry]), name)
+
+
+def _bomb_cases(tmp_path: Path) -> dict[str, Path]:
+    zeros = _zeros_stream(BOMB >> 20)
+    c = zlib.compressobj(9, zlib.DEFLATED, -15)
+    header = _npy_header((BOMB,))
+    # The header, then the same zeros: compressed apart and joined (each part byte-aligned).
+    with_header = c.compress(header) + c.flush(zlib.Z_FULL_FLUSH) + zeros
+    tiny = _compress(header + b"\0" * 1024)
+    return {
+        # numpy_dos itself: zeros only, the declared size honest for the stream.
+        "numpy_dos": _bomb_npz(tmp_path, "dos.npz", header=b"", data=zeros, usize=BOMB),
+        # A valid header declaring the huge array, over a tiny payload: sizes past 1032:1.
+        "ratio": _bomb_npz(
+            tmp_path, "ratio.npz", header=header, data=tiny, usize=len(header) + BOMB
+        ),
+        # The zip declares a small member, the header a huge array: they disagree.
+        "disagree": _bomb_npz(
+            tmp_path, "disagree.npz", header=header, data=with_header, usize=len(header) + 64
+        ),
+        # Everything honest: a real 3 GiB array of zeros. Legitimate, but it cannot fit in the
+        # child's 1 GiB: a clean FormatError, never a bare MemoryError.
+        "honest": _bomb_npz(
+            tmp_path, "honest.npz", header=header, data=with_header, usize=len(header) + BOMB
+        ),
+    }
+
+
+def test_npz_bombs_are_refused_before_inflating_under_a_memory_limit(tmp_path: Path) -> None:
+    cases = _bomb_cases(tmp_path)
+    report = hc.run_confined([(p, {}) for p in cases.values()], limit=CONFINED, timeout=120)
+    assert "crash" not in report, report
+    for name, res in zip(cases, report["results"], strict=True):
+        assert res["outcome"] == "rejected", (name, res)
+        assert res["error"] == "FormatError", (name, res)
+        assert res["seconds"] < 10, (name, res)
+    by_name = dict(zip(cases, report["results"], strict=True))
+    for name in ("numpy_dos", "ratio", "disagree"):  # refused after inflating a few KiB at most
+        assert by_name[name]["peak_rss"] < 512 << 20, (name, by_name[name])
+    assert "weights.npy" in by_name["numpy_dos"]["message"]
+    assert "1032" in by_name["ratio"]["message"]
+    assert "header" in by_name["disagree"]["message"]
+
+
+def test_deflated_member_past_the_deflate_ratio_is_refused_by_zip_members() -> None:
+    raw = build_zip([Entry("w.npy", NPY, method=8, usize=len(_compress(NPY)) * 1032 + 1)])
+    with pytest.raises(satchel.FormatError, match="1032"):
+        zip_members(_u8(raw), where="t")
+
+
+def test_inflating_stops_at_the_declared_size_and_counts_memory() -> None:
+    """A member declaring 64 MiB of a 200 MiB stream: refused, peak about the declared size."""
+    entry = Entry("w.npy", b"", method=8, data=_zeros_bomb(), usize=64 << 20, crc=0)
+    raw = build_zip([entry])
+    member = zip_members(_u8(raw), where="t")["w.npy"]
+    tracemalloc.start()
+    try:
+        with pytest.raises(satchel.FormatError, match="more"):
+            read_member(_u8(raw), member, where="t")
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < (64 << 20) + (8 << 20), f"peak allocation {peak >> 20} MiB"
+
+
+def test_keras_json_member_bomb_is_refused_before_inflating(tmp_path: Path) -> None:
+    zeros = _zeros_stream(BOMB >> 20)
+    raw = build_zip(
+        [
+            Entry("metadata.json", b"{}"),
+            Entry("config.json", b"", method=8, data=zeros, usize=BOMB, crc=0),
+            Entry("model.weights.h5", b"\x89HDF\r\n\x1a\n"),
+        ]
+    )
+    path = _write(tmp_path, raw, "m.keras")
+    assert satchel.detect(path) == "keras"
+    report = hc.run_confined([(path, {})], limit=CONFINED, timeout=60)
+    assert "crash" not in report, report
+    (res,) = report["results"]
+    assert (res["outcome"], res.get("error")) == ("rejected", "FormatError"), res
+    assert res["seconds"] < 10, res

@@ -1,4 +1,9 @@
-"""Writing ``.npz`` (NumPy's zip of ``.npy`` members) atomically, without pickle."""
+"""Writing ``.npz`` (NumPy's zip of ``.npy`` members) atomically, without pickle.
+
+Each leaf's key path becomes a member name, so a tensor name is a path inside a zip: it must be
+a safe relative member name (docs/formats.md rule Z3, the rule satchel's zip reader applies),
+or whoever unzips the file gets ``../../evil.npy``.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +15,7 @@ import numpy as np
 
 from .._io.atomic import atomic_file
 from ..errors import UnsupportedObjectError
+from ..formats._codecs.zip import name_problem
 
 __all__ = ["npz_arrays", "write_npz"]
 
@@ -19,10 +25,21 @@ def npz_arrays(leaves: list[tuple[tuple[str, ...], Any]]) -> dict[str, np.ndarra
 
     Numbers, booleans and strings become 0-d arrays; bfloat16/float8 are widened to float32
     (exactly: NumPy's own ``.npy`` has no name for them). Anything else is refused.
+
+    Raises:
+        UnsupportedObjectError: a value ``.npz`` cannot hold, two values with one member name,
+            or a name that is not a safe relative member name (absolute, ``..``, ``//``, a
+            backslash, NUL or a drive letter).
     """
     out: dict[str, np.ndarray[Any, Any]] = {}
     for path, value in leaves:
         name = "/".join(path) or "arr_0"
+        problem = name_problem(name, writing=True)
+        if problem is not None:
+            raise UnsupportedObjectError(
+                f"tensor {name!r} cannot be an .npz member name: it {problem}, and unzipping "
+                "the file would write outside its folder or fail; rename it first"
+            )
         if isinstance(value, np.ndarray | np.generic | bool | int | float | complex | str | bytes):
             arr = np.asarray(value)
         else:

@@ -230,6 +230,15 @@ def _read_zip(path: Path, *, verify: bool, want_attrs: bool) -> tuple[dict[str, 
     for name, member in zip_members(data, where=where).items():
         if name.endswith("/"):
             continue  # a folder entry
+        if name.endswith(".npz"):
+            raise UnsafeContentError(
+                f"{where}: member {name} holds the weights as pickled dicts (Keras' npz weights "
+                "format); satchel never unpickles. Re-save the model with the default H5 weights"
+            )
+        if name.endswith(".json") and member.size > _MAX_JSON:  # before inflating it
+            raise FormatError(
+                f"{where}: {name}: {member.size} bytes of JSON is more than {_MAX_JSON}"
+            )
         raw = read_member(data, member, where=where, check_crc=verify)
         if name.endswith(".json"):
             out[name] = _json(raw, where=f"{where}: {name}")
@@ -238,11 +247,6 @@ def _read_zip(path: Path, *, verify: bool, want_attrs: bool) -> tuple[dict[str, 
                 raise FormatError(f"{where}: member {name} is not an HDF5 file")
             walk = _walk_h5(io.BytesIO(raw.tobytes()), f"{where}: {name}", want_attrs=want_attrs)
             out[name] = walk.tree
-        elif name.endswith(".npz"):
-            raise UnsafeContentError(
-                f"{where}: member {name} holds the weights as pickled dicts (Keras' npz weights "
-                "format); satchel never unpickles. Re-save the model with the default H5 weights"
-            )
         else:
             out[name] = raw.tobytes()
     return out, walk

@@ -331,7 +331,7 @@ def read_states(buf: U8Array, *, where: str) -> Any:
         UnsafeContentError: a global outside the allowlist (the message names it).
         FormatError: a malformed pickle or NDArray record.
     """
-    value = unpickle(buf.data, where=where, allowed=ALLOWED).value
+    value = unpickle(buf.data, where=where, allowed=ALLOWED, leaves=_Stub).value
     return _resolve(value, where, {}, 0)
 
 

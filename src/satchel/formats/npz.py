@@ -1,11 +1,14 @@
 """NumPy ``.npz`` archives: a zip of ``<key>.npy`` members, stored or deflated.
 
 Layout: docs/formats.md#npz (``np.savez`` stores, ``np.savez_compressed`` deflates; MXNet
-2.0 and Keras ``.weights.npz`` write the same). The zip is validated by ``_zip`` (safe names, no
-overlaps, capped inflation); every member must be a ``.npy`` (rule Z1: no unlisted
-members) and is read by :func:`satchel.formats.numpy.read_npy`. The result is what
-``np.load(path)`` offers: a dict from key (member name without ``.npy``) to array, in archive
-order.
+2.0 and Keras ``.weights.npz`` write the same). The zip is validated by ``_codecs.zip`` (safe
+names, no overlaps, declared sizes within deflate's 1032:1); every member must be a ``.npy``
+(rule Z1: no unlisted members) and is read by :func:`satchel.formats.numpy.read_npy`. Before a
+member is inflated, its ``.npy`` header (the first 10 KiB at most) is parsed and the size the
+zip declares must equal that header plus the array bytes it declares (rule Z5): a member that is
+not a ``.npy`` at all (safetensors' ``numpy_dos``, 5 GB of zeros) is refused after a few KiB.
+The result is what ``np.load(path)`` offers: a dict from key (member name without ``.npy``) to
+array, in archive order.
 """
 
 from __future__ import annotations
@@ -15,9 +18,9 @@ from typing import Any
 
 from ..errors import FormatError
 from ._codecs.source import map_file
-from ._codecs.zip import read_member, zip_members
+from ._codecs.zip import member_head, read_member, zip_members
 from ._reader import Probe
-from .numpy import read_npy
+from .numpy import HEAD_SIZE, image_size, read_npy
 
 __all__ = ["read", "sniff"]
 
@@ -46,7 +49,8 @@ def read(path: Path, *, verify: bool = True) -> dict[str, Any]:
     ``verify`` also checks the CRC-32 of stored members (deflated ones are always checked).
 
     Raises:
-        FormatError: a damaged zip, a member that is not a ``.npy``, a bad ``.npy``.
+        FormatError: a damaged zip, a member that is not a ``.npy``, a bad ``.npy``, a member
+            whose declared size disagrees with its ``.npy`` header.
         UnsafeContentError: a member holds an object array (a pickle).
     """
     where = str(path)
@@ -58,6 +62,13 @@ def read(path: Path, *, verify: bool = True) -> dict[str, Any]:
             raise FormatError(
                 f"{where}: member {name!r} is not a .npy array; an .npz holds only .npy members"
             )
+        here = f"{where}:{name}"
+        need = image_size(member_head(data, member, HEAD_SIZE, where=where), where=here)
+        if need != member.size:
+            raise FormatError(
+                f"{here}: the zip declares {member.size} bytes, its .npy header {need} (header "
+                "plus array); the archive is corrupt or a decompression bomb"
+            )
         raw = read_member(data, member, where=where, check_crc=verify)
-        out[name[: -len(_SUFFIX)]] = read_npy(raw, where=f"{where}:{name}")
+        out[name[: -len(_SUFFIX)]] = read_npy(raw, where=here)
     return out

@@ -34,10 +34,12 @@ from ..errors import FormatError, UnsafeContentError
 from ._codecs.source import map_file
 from ._reader import Probe
 
-__all__ = ["MAGIC", "MAX_HEADER", "parse_header", "read", "read_npy", "sniff"]
+__all__ = ["HEAD_SIZE", "MAGIC", "MAX_HEADER", "image_size", "parse_header", "read", "read_npy",
+           "sniff"]  # fmt: skip
 
 MAGIC = b"\x93NUMPY"
 MAX_HEADER = 10_000  # numpy's default max_header_size: literal headers are never larger
+HEAD_SIZE = 12 + MAX_HEADER  # magic, version, a 4-byte header length, the longest header
 _MAX_NDIM = 64  # numpy 2's NPY_MAXDIMS
 _MAX_DEPTH = 16  # nesting of structured descrs; numpy's own writer never nests this deep
 _KEYS = ("descr", "fortran_order", "shape")
@@ -55,8 +57,7 @@ def read_npy(buf: U8Array, *, where: str) -> ArrayRef | np.ndarray[Any, Any]:
     """
     descr, fortran, shape, start = parse_header(buf, where=where)
     dt = _dtype(descr, where)
-    # Python ints: np.prod would wrap silently (rule N3).
-    nbytes = math.prod(shape) * dt.itemsize
+    nbytes = _nbytes(shape, dt)
     if start + nbytes != len(buf):
         raise FormatError(
             f"{where}: shape {shape} of {dt.str} needs {nbytes} data bytes after the "
@@ -79,6 +80,26 @@ def read_npy(buf: U8Array, *, where: str) -> ArrayRef | np.ndarray[Any, Any]:
         out[...] = arr
         arr = out
     return arr
+
+
+def image_size(head: U8Array | bytes, *, where: str) -> int:
+    """The size of the whole ``.npy`` image whose first bytes (at least :data:`HEAD_SIZE`, or
+    all of a shorter image) are ``head``: its header plus the array bytes the header declares.
+
+    For an ``.npz`` member: checked against the size the zip declares before it is inflated.
+
+    Raises:
+        UnsafeContentError: the array holds Python objects.
+        FormatError: as :func:`parse_header`, or a dtype that is not a fixed-size type.
+    """
+    buf = np.frombuffer(head, dtype=np.uint8) if isinstance(head, bytes) else head
+    descr, _, shape, start = parse_header(buf, where=where)
+    return start + _nbytes(shape, _dtype(descr, where))
+
+
+def _nbytes(shape: tuple[int, ...], dt: np.dtype[Any]) -> int:
+    # Python ints: np.prod would wrap silently (rule N3).
+    return math.prod(shape) * dt.itemsize
 
 
 def byteswapped(raw: U8Array, dt: dtypes.DType) -> U8Array:

@@ -196,6 +196,9 @@ def _allowlist(folder: Path | None, where: str) -> dict[tuple[str, str], Global]
     }
 
 
+_LEAVES = (Deferred,)  # tensors and pickled arrays, resolved by the read pipeline
+
+
 def _payload(value: Any, *, where: str, single_file: bool) -> Any:
     if not isinstance(value, dict) or value.get("protocol_version") != 1 or "data" not in value:
         raise FormatError(f"{where}: not a oneflow.save payload (protocol_version 1 + data)")
@@ -223,11 +226,12 @@ def read(path: Path, *, verify: bool = True) -> Any:
             if pickled.stat().st_size > _MAX_PICKLE:
                 raise FormatError(f"{pickled}: pickled_data larger than {_MAX_PICKLE} bytes")
             data = map_file(pickled)
-            value = unpickle(data.data, where=str(pickled), allowed=_allowlist(path, where)).value
+            allowed = _allowlist(path, where)
+            value = unpickle(data.data, where=str(pickled), allowed=allowed, leaves=_LEAVES).value
             return _payload(value, where=where, single_file=False)
         return _read_snapshot(path)
     data = map_file(path)
-    value = unpickle(data.data, where=where, allowed=_allowlist(None, where)).value
+    value = unpickle(data.data, where=where, allowed=_allowlist(None, where), leaves=_LEAVES).value
     return _payload(value, where=where, single_file=True)
 
 

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from .._read.refs import Storage
+from .._read.refs import ArrayRef, Storage
 from ..errors import FormatError, IntegrityError, UnsafeContentError
 from ._codecs.pickle import unpickle
 from ._codecs.source import map_file
@@ -89,6 +89,8 @@ def read_zip(data: U8Array, *, where: str, verify: bool = True) -> Any:
     big_endian = False
     if f"{prefix}byteorder" in members:
         record = members[f"{prefix}byteorder"]
+        if record.size > len("little"):  # before inflating it
+            raise FormatError(f"{where}: byteorder record of {record.size} bytes")
         order = bytes(read_member(data, record, where=where, check_crc=verify))
         if order not in (b"little", b"big"):
             raise FormatError(f"{where}: byteorder record says {order[:16]!r}")
@@ -133,6 +135,7 @@ def read_zip(data: U8Array, *, where: str, verify: bool = True) -> Any:
         where=where,
         allowed=ALLOWED_UNWRAPPED,
         persistent_load=persistent_load,
+        leaves=(ArrayRef,),
     )
     # Rule Z1 (docs/formats.md): every member must be one torch writes and this load used; a
     # hidden extra member (a second pickle, a payload for another tool) fails the load.

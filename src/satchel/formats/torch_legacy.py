@@ -4,6 +4,10 @@ magic, protocol and sys_info pickles; the object pickle, whose storages are pers
 ``('storage', type, key, location, numel, view)``; the sorted key list; then per key an int64
 element count and the bytes. Storages are declared with their size while the object pickle is
 interpreted and filled afterwards, each checked against its declaration.
+
+The five pickles follow each other exactly: each ends at its STOP and the next starts there,
+the key list must name exactly the storages the object declared, and the last storage must end
+at the end of the file, so no byte goes unread (rule P6).
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from .._read.refs import Storage
+from .._read.refs import ArrayRef, Storage
 from ..errors import FormatError, UnsafeContentError
 from ._codecs.pickle import Global, unpickle
 from ._torch_pickle import (
@@ -37,13 +41,13 @@ def read_legacy(data: np.ndarray[Any, np.dtype[np.uint8]], *, where: str) -> Any
     """
     buf = data.data
     no_globals: dict[tuple[str, str], Global] = {}
-    magic = unpickle(buf, where=where, allowed=no_globals)
+    magic = unpickle(buf, where=where, allowed=no_globals, trailing=True)
     if magic.value != LEGACY_MAGIC:
         raise FormatError(f"{where}: not a legacy torch file (magic number mismatch)")
-    proto = unpickle(buf, where=where, allowed=no_globals, start=magic.end)
+    proto = unpickle(buf, where=where, allowed=no_globals, start=magic.end, trailing=True)
     if proto.value != LEGACY_PROTOCOL:
         raise FormatError(f"{where}: legacy torch protocol {proto.value!r} is not 1001")
-    info = unpickle(buf, where=where, allowed=no_globals, start=proto.end)
+    info = unpickle(buf, where=where, allowed=no_globals, start=proto.end, trailing=True)
     if not isinstance(info.value, dict):
         raise FormatError(f"{where}: legacy sys_info is not a dict")
     little = info.value.get("little_endian", True)
@@ -76,8 +80,10 @@ def read_legacy(data: np.ndarray[Any, np.dtype[np.uint8]], *, where: str) -> Any
         allowed=ALLOWED_UNWRAPPED,
         persistent_load=persistent_load,
         start=info.end,
+        trailing=True,
+        leaves=(ArrayRef,),
     )
-    keys = unpickle(buf, where=where, allowed=no_globals, start=obj.end)
+    keys = unpickle(buf, where=where, allowed=no_globals, start=obj.end, trailing=True)
     if not isinstance(keys.value, list) or set(keys.value) != set(declared):
         raise FormatError(f"{where}: legacy storage key list does not match the storages used")
     pos = keys.end

@@ -28,8 +28,9 @@ from typing import Any
 
 import numpy as np
 
-from ...errors import FormatError, FrameworkNotAvailableError, IntegrityError
+from ...errors import FormatError, IntegrityError
 from .crc32c import crc32c
+from .inflate import inflate_zstd
 from .source import map_file
 
 __all__ = [
@@ -37,7 +38,6 @@ __all__ = [
     "MANIFEST_MAGIC",
     "Store",
     "Value",
-    "inflate_zstd",
     "open_store",
     "read_capped",
 ]
@@ -53,11 +53,6 @@ _MAX_ARITY = 1 << 20  # kMaxNodeArity
 _MAX_NODES = 1_000_000  # B+tree nodes visited in one store
 _MAX_KEYS = 10_000_000  # keys in one store
 _MAX_VARINT = 10
-# A zstd block yields at most 128 KiB and costs at least 4 bytes (an RLE block): a frame
-# claiming more than this ratio of its own size is a bomb, refused before anything is allocated.
-_ZSTD_RATIO = 32768
-_ZSTD_SLACK = 1 << 17
-
 U8Array = np.ndarray[Any, np.dtype[np.uint8]]
 
 
@@ -69,44 +64,6 @@ class Value:
     file: Path | None = None
     offset: int = 0
     length: int = 0
-
-
-def inflate_zstd(data: bytes | memoryview, cap: int, *, where: str) -> bytes:
-    """Decompress exactly one zstd frame of at most ``cap`` bytes (and nothing after it).
-
-    Raises:
-        FrameworkNotAvailableError: the optional ``zstandard`` package is not installed.
-        FormatError: not a zstd frame, trailing bytes, more output than ``cap`` or than the
-            frame's size can hold (a decompression bomb), or a damaged frame.
-    """
-    try:
-        import zstandard  # noqa: PLC0415 - optional: only Orbax checkpoints need it
-    except ImportError as e:
-        raise FrameworkNotAvailableError(
-            f"{where}: is zstd-compressed and the 'zstandard' package is not installed; "
-            "run: pip install satchel[orbax]"
-        ) from e
-    raw = bytes(data)
-    try:
-        params = zstandard.get_frame_parameters(raw)
-    except zstandard.ZstdError as e:
-        raise FormatError(f"{where}: not a zstd frame ({e})") from e
-    limit = min(cap, len(raw) * _ZSTD_RATIO + _ZSTD_SLACK)
-    size = params.content_size
-    if size != zstandard.CONTENTSIZE_UNKNOWN and size > limit:
-        raise FormatError(
-            f"{where}: zstd frame of {len(raw)} bytes claims {size} bytes of output, more than "
-            f"the {limit} it may hold; the file is corrupt or hostile"
-        )
-    try:
-        out = zstandard.ZstdDecompressor().decompress(
-            raw, max_output_size=max(limit, 1), allow_extra_data=False
-        )
-    except zstandard.ZstdError as e:
-        raise FormatError(f"{where}: zstd data is damaged or exceeds {limit} bytes ({e})") from e
-    if len(out) > limit:
-        raise FormatError(f"{where}: zstd output of {len(out)} bytes exceeds {limit}")
-    return bytes(out)
 
 
 def read_capped(path: Path, cap: int, *, what: str) -> bytes:

@@ -10,6 +10,12 @@ opcodes that only build data added.
 Every length read from the stream is checked against the bytes that remain before anything is
 allocated, the memo is a dict (a huge index costs nothing), and the number of operations and
 container items is capped, so a tiny hostile stream cannot exhaust memory or time.
+
+The interpreter rejects every stream CPython's unpicklers reject (tests/test_pickle_strict.py
+compares them), and more: a FRAME must hold exactly whole opcodes, and nothing may follow STOP
+unless the caller reads several pickles in a row (``trailing=True``). Only data leaves it: a
+result still holding a stand-in (a bare global, a storage, an object never given its state) is
+refused (docs/formats.md rules P6, P13, P14).
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from ...errors import UnsafeContentError
-from .pickle_machine import Buildable, Global, Machine, Unpickled
+from .pickle_machine import Buildable, Global, Machine, Unpickled, check_data
 from .pickle_opcodes import HANDLERS
 
 __all__ = ["MAX_OPS", "Buildable", "Global", "Unpickled", "unpickle"]
@@ -44,13 +50,21 @@ def unpickle(
     allowed: Mapping[tuple[str, str], Global],
     persistent_load: Callable[[Any], Any] | None = None,
     start: int = 0,
+    trailing: bool = False,
+    leaves: tuple[type, ...] = (),
 ) -> Unpickled:
     """Interpret one pickle from ``data[start:]`` using only ``allowed`` globals.
 
+    The pickle must end at the end of ``data`` unless ``trailing`` (the caller reads what
+    follows ``Unpickled.end``). The result may hold plain data and instances of ``leaves``
+    (the caller's stand-ins that it resolves itself), nothing else.
+
     Raises:
-        UnsafeContentError: a global outside the allowlist, a refused opcode, or a call the
-            stand-in refuses; names the global or opcode.
-        FormatError: the stream is malformed or truncated; names the byte offset.
+        UnsafeContentError: a global outside the allowlist, a refused opcode, a call the
+            stand-in refuses, or a result holding something other than data; names the global
+            or opcode.
+        FormatError: the stream is malformed or truncated, or bytes follow its STOP; names the
+            byte offset.
     """
     m = Machine(memoryview(data), where, allowed, persistent_load, start)
     ops = 0
@@ -60,11 +74,22 @@ def unpickle(
             raise m.fail(f"more than {MAX_OPS} operations")
         if m.pos >= len(m.data):
             raise m.fail("stream ends before STOP")
+        m.op_at = m.pos
         op = bytes(m.data[m.pos : m.pos + 1])
         m.pos += 1
         if op == b".":  # STOP
+            m.end_opcode()
             if len(m.stack) != 1 or m.marks:
                 raise m.fail("STOP with an unbalanced stack")
+            if m.frame_end is not None:
+                raise m.fail(f"STOP ends the pickle inside a FRAME that runs to byte {m.frame_end}")
+            if not trailing and m.pos != len(m.data):
+                # Rule P6: a second pickle hidden after the first is what scanners miss.
+                raise m.fail(
+                    f"{len(m.data) - m.pos} bytes follow the pickle's STOP; a record holds one "
+                    "pickle and nothing after it"
+                )
+            check_data(m.stack[0], where=where, leaves=leaves, made=m.made)
             return Unpickled(m.stack[0], m.used, m.pos)
         handler = HANDLERS.get(op)
         if handler is None:
@@ -75,3 +100,4 @@ def unpickle(
                 )
             raise m.fail(f"unknown opcode {op!r}")
         handler(m)
+        m.end_opcode()

@@ -1,9 +1,12 @@
-"""The state of satchel's pickle interpreter: stack, marks, memo, checked reads, the allowlist.
+"""The state of satchel's pickle interpreter: stack, marks, memo, frames, checked reads, the
+allowlist.
 
 ``pickle_opcodes`` holds the data opcodes, each a function of a :class:`Machine`; ``pickle``
 runs the loop. The opcodes that could reach code (GLOBAL, REDUCE, NEWOBJ, BUILD, persistent
 ids) are methods here, next to the allowlist they consult: a global resolves only to a
-:class:`Global` stand-in written in satchel, never to anything imported.
+:class:`Global` stand-in written in satchel, never to anything imported. Frames are checked as
+CPython's ``pickle._Unframer`` checks them, and more strictly (docs/formats.md rule P13): a
+FRAME holds exactly whole opcodes.
 """
 
 from __future__ import annotations
@@ -16,7 +19,16 @@ from typing import Any
 
 from ...errors import FormatError, UnsafeContentError
 
-__all__ = ["MAX_ITEMS", "Buildable", "Global", "Machine", "Unpickled", "describe", "short"]
+__all__ = [
+    "MAX_ITEMS",
+    "Buildable",
+    "Global",
+    "Machine",
+    "Unpickled",
+    "check_data",
+    "describe",
+    "short",
+]
 
 MAX_ITEMS = 50_000_000
 
@@ -55,6 +67,74 @@ class Unpickled:
     end: int = 0
 
 
+# What a result may hold besides the caller's own leaf types (docs/formats.md rule P14).
+_SCALARS = (type(None), bool, int, float, complex, str, bytes, bytearray)
+_CONTAINERS = (dict, list, tuple, set, frozenset)
+
+
+def check_data(
+    value: Any, *, where: str, leaves: tuple[type, ...], made: Mapping[int, tuple[Any, str]]
+) -> None:
+    """Refuse a result that holds anything but plain data and instances of ``leaves``.
+
+    A bare allowlisted global, a storage outside a tensor or a stand-in that never got its
+    state is the interpreter's own machinery, not data (rule P14). ``made`` maps the id of each
+    stand-in to the global that made it, for the message. Each container is visited once.
+
+    Raises:
+        UnsafeContentError: names the global (or stand-in) and where in the result it is.
+    """
+    seen: set[int] = set()
+    # (value, link): link is (parent link, kind, key) or None: O(1) per item, formatted on error.
+    todo: list[tuple[Any, Any]] = [(value, None)]
+    while todo:
+        x, link = todo.pop()
+        if isinstance(x, (*_SCALARS, *leaves)):
+            continue
+        if not isinstance(x, _CONTAINERS):
+            raise UnsafeContentError(
+                f"{where}: the pickle's result holds {_what(x, made)}{_path(link)}, which is "
+                "not data; satchel returns tensors, containers, numbers and strings only, "
+                "never a class, function or unfinished object"
+            )
+        if id(x) in seen:
+            continue
+        seen.add(id(x))
+        if isinstance(x, dict):
+            for k, v in x.items():
+                if not isinstance(k, _SCALARS):
+                    todo.append((k, (link, "key", k)))
+                if not isinstance(v, _SCALARS):
+                    todo.append((v, (link, "item", k)))
+            meta = getattr(x, "_metadata", None)
+            if meta is not None:
+                todo.append((meta, (link, "attr", "_metadata")))
+        elif isinstance(x, (list, tuple)):
+            todo.extend(
+                (v, (link, "item", i)) for i, v in enumerate(x) if not isinstance(v, _SCALARS)
+            )
+        else:
+            todo.extend((v, (link, "member", None)) for v in x)
+
+
+def _what(x: Any, made: Mapping[int, tuple[Any, str]]) -> str:
+    if isinstance(x, Global):
+        return f"the global {x.name!r}"
+    maker = made.get(id(x))
+    if maker is not None and maker[0] is x:
+        return f"a {type(x).__name__} made by {maker[1]!r}"
+    return f"a {type(x).__name__}"
+
+
+def _path(link: Any) -> str:
+    steps: list[str] = []
+    while link is not None:
+        link, kind, key = link
+        step = {"key": " (as a dict key)", "item": f"[{short(key)}]", "attr": f".{key}"}
+        steps.append(step.get(kind, " (as a set member)"))
+    return f" at the top{''.join(reversed(steps))}" if steps else " as the whole value"
+
+
 def describe(x: Any) -> str:
     """How an error names a stack value: a global by its name, anything else by its type."""
     if isinstance(x, Global):
@@ -84,11 +164,15 @@ class Machine:
         self.allowed = allowed
         self.persistent_load = persistent_load
         self.pos = start
+        self.op_at = start  # where the opcode being run starts
+        self.frame_end: int | None = None  # end of the open FRAME, if any
         self.stack: list[Any] = []
         self.marks: list[int] = []
         self.memo: dict[int, Any] = {}
         self.items = 0
         self.used: list[str] = []
+        # id -> (stand-in, the global that made it): keeps each alive, so no id is reused.
+        self.made: dict[int, tuple[Any, str]] = {}
 
     # -- reading primitives -------------------------------------------------------------------
     def fail(self, what: str) -> FormatError:
@@ -132,6 +216,34 @@ class Machine:
             raise self.fail("stack underflow")
         return self.stack[-1]
 
+    # -- frames (protocol 4+) ------------------------------------------------------------------
+    def op_frame(self) -> None:
+        """FRAME: the next ``n`` bytes are whole opcodes (pickle.py's _Unframer, rule P13)."""
+        n = self.u("<Q")
+        if self.frame_end is not None and self.pos < self.frame_end:
+            raise self.fail(
+                f"FRAME at byte {self.op_at} starts inside the frame that runs to byte "
+                f"{self.frame_end}"
+            )
+        self.end_opcode()
+        if n > len(self.data) - self.pos:
+            raise self.fail(
+                f"FRAME at byte {self.op_at} declares {n} bytes but only "
+                f"{len(self.data) - self.pos} remain"
+            )
+        self.frame_end = self.pos + n
+        self.end_opcode()  # an empty frame ends where it starts
+
+    def end_opcode(self) -> None:
+        """After each opcode: it may not run past its frame; a frame used up is closed."""
+        end = self.frame_end
+        if end is not None and self.pos >= end:
+            if self.pos > end:
+                raise self.fail(
+                    f"the opcode at byte {self.op_at} runs past the end of its FRAME at byte {end}"
+                )
+            self.frame_end = None
+
     def count(self, n: int) -> None:
         self.items += n
         if self.items > MAX_ITEMS:
@@ -151,8 +263,11 @@ class Machine:
         return g
 
     def op_global(self) -> None:
-        module = self.line().decode("utf-8", "replace")
-        name = self.line().decode("utf-8", "replace")
+        try:
+            module = self.line().decode("utf-8")
+            name = self.line().decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise self.fail("GLOBAL name is not UTF-8") from e
         self.stack.append(self.resolve(module, name))
 
     def op_stack_global(self) -> None:
@@ -200,11 +315,14 @@ class Machine:
         self, g: Global, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: Any = None
     ) -> Any:
         try:
-            return fn(*args, **(kwargs or {}), where=self.where)
+            out = fn(*args, **(kwargs or {}), where=self.where)
         except (FormatError, UnsafeContentError):
             raise
         except (TypeError, ValueError, KeyError, IndexError, OverflowError) as e:
             raise self.fail(f"{g.name}{short(args)} is malformed ({e})") from e
+        if not isinstance(out, _SCALARS + _CONTAINERS):
+            self.made[id(out)] = (out, g.name)
+        return out
 
     def op_build(self) -> None:
         state = self.pop()
@@ -227,7 +345,9 @@ class Machine:
     def op_persid(self, pid: Any) -> None:
         if self.persistent_load is None:
             raise UnsafeContentError(f"{self.where}: persistent id {short(pid)} not allowed here")
-        self.stack.append(self.persistent_load(pid))
+        out = self.persistent_load(pid)
+        self.made[id(out)] = (out, f"persistent id {short(pid)}")
+        self.stack.append(out)
 
     # -- memo -------------------------------------------------------------------------------------
     def put(self, index: int) -> None:

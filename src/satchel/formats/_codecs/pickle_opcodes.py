@@ -2,12 +2,18 @@
 
 Each handler reads its argument through the machine's checked readers and pushes plain data.
 Container mutations check their target's type first (CVE-2026-24747: SETITEM on a non-dict).
-The handlers for GLOBAL, REDUCE, NEWOBJ, BUILD and persistent ids are the machine's methods,
-where the allowlist lives.
+The handlers for GLOBAL, REDUCE, NEWOBJ, BUILD, FRAME and persistent ids are the machine's
+methods, where the allowlist and the frame state live.
+
+Text arguments are read as CPython's ``pickle._Unpickler`` reads them, or more strictly
+(docs/formats.md rule P13): ``INT``/``LONG`` are decimal, as ``int(text, 0)`` takes them;
+memo indices are non-negative decimal; ``STRING`` has only the escapes Python 2's ``repr``
+writes, decoded as ``codecs.escape_decode`` would.
 """
 
 from __future__ import annotations
 
+import re
 import struct
 from collections.abc import Callable
 from typing import Any
@@ -18,10 +24,17 @@ from .pickle_machine import Machine, describe
 __all__ = ["HANDLERS"]
 
 
-def _text_int(m: Machine, raw: bytes) -> int:
+_SIGNED = re.compile(rb"-?[0-9]+")
+_INDEX = re.compile(rb"[0-9]+")
+
+
+def _text_int(m: Machine, raw: bytes, *, index: bool = False) -> int:
+    """A decimal INT/LONG literal (``int(raw, 0)``: no leading zeros) or a memo index."""
+    if not (_INDEX if index else _SIGNED).fullmatch(raw):
+        raise m.fail(f"bad {'memo index' if index else 'integer literal'} {raw[:20]!r}")
     try:
-        return int(raw.rstrip(b"L"), 10)
-    except ValueError as e:
+        return int(raw, 10 if index else 0)
+    except ValueError as e:  # leading zeros, or more digits than int() converts
         raise m.fail(f"bad integer literal {raw[:20]!r}") from e
 
 
@@ -35,6 +48,17 @@ def _op_int(m: Machine) -> None:
         m.stack.append(_text_int(m, raw))
 
 
+def _op_long(m: Machine) -> None:
+    raw = m.line()
+    m.stack.append(_text_int(m, raw[:-1] if raw.endswith(b"L") else raw))
+
+
+def _op_proto(m: Machine) -> None:
+    version = m.u("<B")
+    if version > 5:  # pickle.HIGHEST_PROTOCOL; CPython refuses more too
+        raise m.fail(f"pickle protocol {version} does not exist (0 to 5)")
+
+
 def _op_float(m: Machine) -> None:
     raw = m.line()
     try:
@@ -43,14 +67,42 @@ def _op_float(m: Machine) -> None:
         raise m.fail(f"bad float literal {raw[:20]!r}") from e
 
 
+_ESCAPES = {
+    ord("\\"): 0x5C, ord("'"): 0x27, ord('"'): 0x22, ord("a"): 0x07, ord("b"): 0x08,
+    ord("f"): 0x0C, ord("n"): 0x0A, ord("r"): 0x0D, ord("t"): 0x09, ord("v"): 0x0B,
+}  # fmt: skip
+_OCTAL = re.compile(rb"[0-7]{1,3}")
+_HEX = re.compile(rb"[0-9a-fA-F]{2}")
+
+
 def _op_string(m: Machine) -> None:
+    # Python 2 ``str``: bytes, decoded as latin-1 (torch's weights_only unpickler does the same).
     raw = m.line()
     if len(raw) < 2 or raw[0] != raw[-1] or raw[:1] not in (b"'", b'"'):
         raise m.fail("STRING argument is not quoted")
-    try:
-        m.stack.append(raw[1:-1].decode("unicode_escape").encode("latin1").decode("latin1"))
-    except (UnicodeDecodeError, UnicodeEncodeError) as e:
-        raise m.fail("bad STRING escape") from e
+    m.stack.append(_unescape(m, raw[1:-1]).decode("latin1"))
+
+
+def _unescape(m: Machine, raw: bytes) -> bytes:
+    """``codecs.escape_decode``, refusing the escapes it only warns about (``\\q``, ``\\u``)."""
+    out = bytearray()
+    pos = 0
+    while (at := raw.find(b"\\", pos)) >= 0:
+        out += raw[pos:at]
+        c = raw[at + 1 : at + 2]
+        if c and c[0] in _ESCAPES:
+            out.append(_ESCAPES[c[0]])
+            pos = at + 2
+        elif c == b"x" and (h := _HEX.match(raw, at + 2)):
+            out.append(int(h.group(), 16))
+            pos = h.end()
+        elif (o := _OCTAL.match(raw, at + 1)) and int(o.group(), 8) <= 0xFF:
+            out.append(int(o.group(), 8))
+            pos = o.end()
+        else:
+            raise m.fail(f"bad STRING escape {raw[at : at + 4]!r}")
+    out += raw[pos:]
+    return bytes(out)
 
 
 def _op_unicode(m: Machine) -> None:
@@ -189,8 +241,8 @@ def _persid_text(m: Machine) -> None:
 
 
 HANDLERS: dict[bytes, Callable[[Machine], object]] = {
-    b"\x80": lambda m: m.take(1),  # PROTO: any protocol's data opcodes are handled below
-    b"\x95": lambda m: m.take(8),  # FRAME: framing is a read-ahead hint only
+    b"\x80": _op_proto,  # any protocol's data opcodes are handled below
+    b"\x95": lambda m: m.op_frame(),
     b"N": lambda m: m.stack.append(None),
     b"\x88": lambda m: m.stack.append(True),
     b"\x89": lambda m: m.stack.append(False),
@@ -198,7 +250,7 @@ HANDLERS: dict[bytes, Callable[[Machine], object]] = {
     b"J": lambda m: m.stack.append(m.u("<i")),
     b"K": lambda m: m.stack.append(m.u("<B")),
     b"M": lambda m: m.stack.append(m.u("<H")),
-    b"L": lambda m: m.stack.append(_text_int(m, m.line())),
+    b"L": _op_long,
     b"\x8a": lambda m: _long(m, m.u("<B")),
     b"\x8b": lambda m: _long(m, m.u("<i")),
     b"F": _op_float,
@@ -234,11 +286,11 @@ HANDLERS: dict[bytes, Callable[[Machine], object]] = {
     b"0": _pop,
     b"1": lambda m: m.pop_mark(),
     b"2": lambda m: m.stack.append(m.top()),
-    b"p": lambda m: m.put(_text_int(m, m.line())),
+    b"p": lambda m: m.put(_text_int(m, m.line(), index=True)),
     b"q": lambda m: m.put(m.u("<B")),
     b"r": lambda m: m.put(m.u("<I")),
     b"\x94": _memoize,
-    b"g": lambda m: m.get(_text_int(m, m.line())),
+    b"g": lambda m: m.get(_text_int(m, m.line(), index=True)),
     b"h": lambda m: m.get(m.u("<B")),
     b"j": lambda m: m.get(m.u("<I")),
     b"c": lambda m: m.op_global(),

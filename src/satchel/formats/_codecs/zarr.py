@@ -27,7 +27,8 @@ import numpy as np
 
 from ..._format.header import MAX_DIMS, json_object
 from ...errors import FormatError
-from .ocdbt import Store, inflate_zstd
+from .inflate import DEFLATE_RATIO, ZSTD_RATIO, inflate, inflate_zstd
+from .ocdbt import Store
 
 __all__ = ["read_array"]
 
@@ -35,7 +36,7 @@ _MAX_META = 1 << 20  # a .zarray / zarr.json is a few hundred bytes
 _MAX_ARRAY = 1 << 34  # 16 GiB, as for inflated zip members
 _MAX_CHUNKS = 1 << 22  # grid cells visited per array
 _MAX_FILL = 1 << 30  # bytes of fill value for missing chunks, per array
-_RATIO = {None: 1, "zstd": 32768, "zlib": 1032, "gzip": 1032}  # max expansion per codec
+_RATIO = {None: 1, "zstd": ZSTD_RATIO, "zlib": DEFLATE_RATIO, "gzip": DEFLATE_RATIO}
 _CODECS = ("zstd", "zlib", "gzip")
 _SLACK = 1 << 17
 _V2_DTYPE = re.compile(r"^([<>|])([biufc])(\d{1,2})$")
@@ -177,20 +178,15 @@ class _Spec:
 
     def decode(self, raw: bytes, where: str) -> np.ndarray[Any, Any]:
         n = self.chunk_nbytes
+        data: bytes | np.ndarray[Any, np.dtype[np.uint8]] = raw
         if self.codec == "zstd":
-            raw = inflate_zstd(raw, n, where=where)
+            data = inflate_zstd(raw, n, where=where)
         elif self.codec in ("zlib", "gzip"):
-            d = zlib.decompressobj(zlib.MAX_WBITS | (16 if self.codec == "gzip" else 0))
-            try:
-                out = d.decompress(raw, n + 1)
-            except zlib.error as e:
-                raise FormatError(f"{where}: {self.codec} data is damaged ({e})") from e
-            if not d.eof or d.unused_data or len(out) > n:
-                raise FormatError(f"{where}: {self.codec} stream is truncated or too long")
-            raw = out
-        if len(raw) != n:
-            raise FormatError(f"{where}: chunk decodes to {len(raw)} bytes, expected {n}")
-        flat = np.frombuffer(raw, dtype=self.dtype)
+            wbits = zlib.MAX_WBITS | (16 if self.codec == "gzip" else 0)
+            data = inflate(raw, n, where=where, what=f"{self.codec} chunk", wbits=wbits)
+        if len(data) != n:
+            raise FormatError(f"{where}: chunk decodes to {len(data)} bytes, expected {n}")
+        flat = np.frombuffer(data, dtype=self.dtype)
         return flat.reshape(self.chunks, order="F" if self.order == "F" else "C")
 
 

@@ -1,10 +1,12 @@
 """Zip containers read as untrusted bytes: one checked view of the central directory.
 
 Used for PyTorch archives, ``.npz`` and ``.keras`` files. Member names may not escape (``..``,
-absolute, NUL, backslash), may not repeat, and members' bytes may not overlap each other or the
-central directory (the "overlapping entries" zip bomb, CVE-2024-0450). Stored members come back
-as zero-copy slices of the mapped file; deflated ones are inflated with their declared size
-capped and the actual output counted.
+absolute, NUL, backslash; :func:`name_problem`, which satchel's own writers apply too), may not
+repeat, and members' bytes may not overlap each other or the central directory (the
+"overlapping entries" zip bomb, CVE-2024-0450). Stored members come back as zero-copy slices of
+the mapped file. A deflated member's declared size is checked against what its compressed bytes
+can inflate to when the directory is read, before any member is inflated; it is then inflated
+in bounded steps into a buffer of exactly that size (``inflate``, docs/formats.md rule Z5).
 """
 
 from __future__ import annotations
@@ -22,10 +24,17 @@ from typing import Any
 import numpy as np
 
 from ...errors import FormatError, IntegrityError
+from .inflate import DEFLATE_RATIO, MAX_INFLATED, check_declared, inflate, inflate_head
 
-__all__ = ["MAX_INFLATED", "ZipMember", "central_names", "read_member", "zip_members"]
-
-MAX_INFLATED = 1 << 34  # 16 GiB: a compressed member claiming more is a bomb, not a checkpoint
+__all__ = [
+    "MAX_INFLATED",
+    "ZipMember",
+    "central_names",
+    "member_head",
+    "name_problem",
+    "read_member",
+    "zip_members",
+]
 _LOCAL_HEADER = struct.Struct("<4s2B4HL2L2H")
 _LOCAL_MAGIC = b"PK\x03\x04"
 _EOCD = struct.Struct("<4s4H2LH")  # end of central directory record (APPNOTE 4.3.16)
@@ -111,6 +120,15 @@ def zip_members(data: U8Array, *, where: str) -> dict[str, ZipMember]:
                     f"{where}: zip member {name!r} uses compression {info.compress_type}; "
                     "only stored and deflated members are read"
                 )
+            if info.compress_type == zipfile.ZIP_DEFLATED:
+                # Rule Z5: before any member is inflated, whatever this load reads.
+                check_declared(
+                    info.file_size,
+                    info.compress_size,
+                    ratio=DEFLATE_RATIO,
+                    where=where,
+                    what=f"zip member {name!r}",
+                )
             members[name] = ZipMember(
                 name,
                 data_offset,
@@ -128,10 +146,11 @@ def zip_members(data: U8Array, *, where: str) -> dict[str, ZipMember]:
 
 
 def read_member(data: U8Array, m: ZipMember, *, where: str, check_crc: bool = False) -> U8Array:
-    """The member's bytes: a zero-copy slice if stored, else inflated with a capped size.
+    """The member's bytes: a zero-copy slice if stored, else inflated to exactly its declared
+    size (checked against its compressed size first; peak memory that size plus 1 MiB).
 
     Raises:
-        FormatError: sizes disagree, inflation fails or exceeds the declared size.
+        FormatError: sizes disagree, inflation fails or would exceed the declared size.
         IntegrityError: the bytes fail the member's CRC-32.
     """
     payload = data[m.data_offset : m.data_offset + m.compressed_size]
@@ -140,19 +159,7 @@ def read_member(data: U8Array, m: ZipMember, *, where: str, check_crc: bool = Fa
             raise FormatError(f"{where}: stored zip member {m.name!r} has two different sizes")
         out = payload
     else:
-        if m.size > MAX_INFLATED:
-            raise FormatError(f"{where}: zip member {m.name!r} claims {m.size} bytes inflated")
-        inflater = zlib.decompressobj(-15)
-        try:
-            buf = inflater.decompress(payload.data, m.size + 1)
-        except zlib.error as e:
-            raise FormatError(f"{where}: zip member {m.name!r} does not inflate ({e})") from e
-        if len(buf) != m.size:
-            raise FormatError(
-                f"{where}: zip member {m.name!r} inflates to more or fewer bytes than the "
-                f"{m.size} it declares"
-            )
-        out = np.frombuffer(buf, dtype=np.uint8)
+        out = inflate(payload, m.size, where=where, what=f"zip member {m.name!r}")
         check_crc = True  # inflating touched every byte anyway
     if check_crc and zlib.crc32(out.data) != m.crc:
         raise IntegrityError(
@@ -163,6 +170,19 @@ def read_member(data: U8Array, m: ZipMember, *, where: str, check_crc: bool = Fa
             reason="CRC-32 mismatch",
         )
     return out
+
+
+def member_head(data: U8Array, m: ZipMember, n: int, *, where: str) -> bytes:
+    """The first ``n`` bytes of the member (fewer if it is shorter), inflating no more than
+    that: for checking a member's own header before the member is read.
+
+    Raises:
+        FormatError: the start of a deflated member does not inflate.
+    """
+    payload = data[m.data_offset : m.data_offset + m.compressed_size]
+    if m.method == zipfile.ZIP_STORED:
+        return bytes(payload[: min(n, m.size)])
+    return inflate_head(payload, min(n, m.size), where=where, what=f"zip member {m.name!r}")
 
 
 def central_names(path: Path, *, limit: int = 100_000) -> list[str] | None:
@@ -214,17 +234,36 @@ def central_names(path: Path, *, limit: int = 100_000) -> list[str] | None:
     return names
 
 
-def _check_name(name: str, where: str) -> None:
+def name_problem(name: str, *, writing: bool = False) -> str | None:
+    """Why ``name`` is not a safe relative member path (``None`` if it is): rule Z3.
+
+    Safe to read means an unzip tool writes it inside the folder it unpacks to: not empty or
+    absolute, no drive letter, backslash, NUL or ``..`` component. ``writing`` (satchel's own
+    writers) also refuses empty and ``.`` components (``a//b``, ``./a``, a trailing ``/``),
+    which unzip tools fold into another name.
+    """
+    if not name:
+        return "is empty"
+    if name.startswith("/"):
+        return "is absolute"
+    if len(name) > 1 and name[1] == ":":
+        return "starts with a drive letter"
+    if "\\" in name:
+        return "contains a backslash"
+    if "\x00" in name:
+        return "contains NUL"
     parts = name.split("/")
-    if (
-        not name
-        or name.startswith("/")
-        or "\\" in name
-        or "\x00" in name
-        or ".." in parts
-        or (len(name) > 1 and name[1] == ":")
-    ):
-        raise FormatError(f"{where}: zip member name {name!r} is unsafe (absolute or escaping)")
+    if ".." in parts:
+        return "has a '..' component"
+    if writing and ("" in parts or "." in parts):
+        return "has an empty or '.' component ('//', './' or a trailing '/')"
+    return None
+
+
+def _check_name(name: str, where: str) -> None:
+    problem = name_problem(name)
+    if problem is not None:
+        raise FormatError(f"{where}: zip member name {name!r} is unsafe: it {problem}")
 
 
 def _central_directory_start(zf: zipfile.ZipFile, size: int) -> int:
