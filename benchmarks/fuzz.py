@@ -20,6 +20,7 @@ import argparse
 import collections
 import json
 import os
+import re
 import resource
 import shutil
 import subprocess
@@ -56,7 +57,7 @@ def worker(name: str, examples: int, seed: int, out: Path, save: Path | None) ->
         suppress_health_check=list(HealthCheck),
     )
     @hseed(seed)
-    @given(tf.mutants(seed_path))
+    @given(tf.strategy(name, seed_path))
     def run(mutant: tf.Mutant) -> None:
         current.write_text(json.dumps({"file": mutant.file, "ops": mutant.ops}, default=_hex))
         path = tf.place(seed_path, mutant, root / "case")
@@ -99,8 +100,7 @@ def replay(name: str, spec: str) -> int:
     root = Path(tempfile.mkdtemp(prefix=f"satchel-replay-{name}-"))
     (root / "seed").mkdir()
     seed_path = tf.TARGETS[name](root / "seed")
-    source = seed_path / m["file"] if m["file"] else seed_path
-    data = tf.mutate(source.read_bytes(), _ops(m["ops"]))
+    data = tf.rebuild(name, seed_path, m["file"], _ops(m["ops"]))
     path = tf.place(seed_path, tf.Mutant(m["file"], _ops(m["ops"]), data), root / "case")
     print(f"mutant written to {path}")
     print(tf.check(path))
@@ -177,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
         print("| target | " + " | ".join(cols) + " | refusals by class |")
         print("|---" + "|---:" * len(cols) + "|---|")
     else:
-        print(f"{'target':<16}" + "".join(f"{c:>10}" for c in cols) + "  refusals by class")
+        print(f"{'target':<20}" + "".join(f"{c:>10}" for c in cols) + "  refusals by class")
     failed = 0
     for name, r in results.items():
         o = collections.Counter(r["outcomes"])
@@ -189,11 +189,16 @@ def main(argv: list[str] | None = None) -> int:
         if args.markdown:
             print(f"| {name} | " + " | ".join(str(c) for c in cells) + f" | {by_class} |")
         else:
-            print(f"{name:<16}" + "".join(f"{c!s:>10}" for c in cells) + f"  {by_class}")
+            print(f"{name:<20}" + "".join(f"{c!s:>10}" for c in cells) + f"  {by_class}")
     for name, r in results.items():
-        for f in r["failures"][:10]:
+        # One line per kind of failure (addresses stripped), with its shortest reproducer.
+        kinds: dict[str, list[dict[str, Any]]] = collections.defaultdict(list)
+        for f in r["failures"]:
+            kinds[re.sub(r" at 0x[0-9a-f]+", "", f["error"])[:110]].append(f)
+        for kind, group in sorted(kinds.items(), key=lambda kv: -len(kv[1])):
+            f = min(group, key=lambda f: len(json.dumps(f["ops"])))
             spec = json.dumps({"file": f["file"], "ops": f["ops"]})
-            print(f"\nFAILED {name}: {f['error']}\n  at {f['where']}\n  replay: python "
+            print(f"\nFAILED {name} x{len(group)}: {kind}\n  at {f['where']}\n  replay: python "
                   f"benchmarks/fuzz.py --replay {name} '{spec}'")  # fmt: skip
     return 1 if failed else 0
 

@@ -4,8 +4,9 @@ Each target starts from a small valid seed (built here with satchel, NumPy, h5py
 by hand from the format's layout; TensorFlow and Orbax use the genuine fixtures, which no
 library here can write) and applies 1-4 byte mutations drawn by hypothesis: bit flips, byte
 and word overwrites with boundary values (0, 2^31, 2^63, 2^64-1, ...), truncations,
-insertions, deletions and duplicated chunks; positions favour the first 256 bytes, where the
-headers are. For folder formats one file of the folder is mutated. The property:
+insertions (random bytes or grammar tokens: pickle opcodes, JSON punctuation, zip signatures),
+deletions, and chunks of the file repeated or copied elsewhere. Positions favour the first 256
+bytes, where the headers are. For folder formats one file of the folder is mutated. The property:
 
 * ``satchel.load`` returns, or raises a ``SatchelError`` - never another exception type;
 * what it returns is plain data (containers, numbers, strings, bytes, NumPy arrays), never a
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import io
 import json
 import pickle
 import shutil
@@ -35,7 +37,6 @@ import tempfile
 import zipfile
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -232,6 +233,67 @@ def _fixture(name: str) -> Callable[[Path], Path]:
     return copy
 
 
+# -- pickle streams: generated opcode by opcode, in the containers that carry them -------------
+_LEGACY_HEAD = (
+    pickle.dumps(0x1950A86A20F9469CFC6C, protocol=2)
+    + pickle.dumps(1001, protocol=2)
+    + pickle.dumps({"protocol_version": 1001, "little_endian": True}, protocol=2)
+)
+
+
+def _in_torch_zip(stream: bytes) -> bytes:
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w") as zf:
+        for name, data in (("data.pkl", stream), ("byteorder", b"little"), ("version", b"3\n")):
+            zf.writestr(zipfile.ZipInfo(f"archive/{name}", (1980, 1, 1, 0, 0, 0)), data)
+    return out.getvalue()
+
+
+# name -> (file name, wrapper). MXNet's sniffer looks for a class name near the start: the
+# string is pushed and popped at once, leaving the stream's own opcodes to run on an empty stack.
+PICKLE_TARGETS: dict[str, tuple[str, Callable[[bytes], bytes]]] = {
+    "pickle-torch-zip": ("seed.pt", _in_torch_zip),
+    "pickle-torch-legacy": ("seed.pt", lambda s: _LEGACY_HEAD + s + P2 + b"]."),
+    "pickle-mxnet-states": ("seed.states", lambda s: P2 + _u("mxnet.optimizer") + b"0" + s),
+}
+
+# Opcodes with their arguments: data, containers, the memo, calls, framing, and globals - the
+# allowlisted ones (whose stand-ins must never come out of a load) and two refused ones.
+PICKLE_TOKENS = (
+    b"N", b"\x88", b"\x89", b"K\x00", b"K\x01", b"J\xff\xff\xff\xff", b"\x8a\x01\x01",
+    b"G?\xf0\x00\x00\x00\x00\x00\x00", _u("a"), b"\x8c\x01b", b"C\x01c", b"B\x01\x00\x00\x00d",
+    b"S'e'\n", b"Vf\n", b"I1\n", b"L2\n", b"F1.5\n",
+    b"(", b")", b"]", b"}", b"\x8f", b"t", b"\x85", b"\x86", b"\x87", b"l", b"d", b"\x91",
+    b"a", b"e", b"s", b"u", b"\x90",
+    b"0", b"1", b"2", b"\x94", b"q\x00", b"q\x01", b"h\x00", b"h\x01", b"p0\n", b"g0\n",
+    b"R", b"b", b"\x81", b"\x92", b"Q", b".",
+    b"\x95\x00\x00\x00\x00\x00\x00\x00\x00", b"\x95\xff\xff\xff\xff\xff\xff\xff\x7f", b"\x80\x05",
+    _g("_codecs", "encode"), _g("torch._utils", "_rebuild_tensor_v2"),
+    _g("torch._utils", "_rebuild_parameter"), _g("torch._tensor", "_rebuild_from_type_v2"),
+    _g("collections", "OrderedDict"), _g("torch", "FloatStorage"), _g("torch", "float32"),
+    _g("torch", "Size"), _g("torch", "device"), _g("torch.nn.parameter", "Parameter"),
+    _g("builtins", "set"), _g("builtins", "bytearray"), _g("builtins", "complex"),
+    _g("__builtin__", "object"), _g("copy_reg", "_reconstructor"),
+    _g("mxnet.ndarray.ndarray", "NDArray"), _g("mxnet.optimizer.optimizer", "Adam"),
+    _g("numpy", "dtype"), _g("numpy.core.multiarray", "_reconstruct"), _g("numpy", "ndarray"),
+    _g("posix", "system"), _g("builtins", "eval"),
+    b"(" + _u("storage") + _g("torch", "FloatStorage") + _u("0") + _u("cpu") + b"K\x01tQ",
+)  # fmt: skip
+
+
+def pickle_stream(tokens: list[bytes]) -> bytes:
+    return P2 + b"".join(tokens) + b"."
+
+
+def _pickle_seed(name: str) -> Callable[[Path], Path]:
+    def build(folder: Path) -> Path:
+        file, wrap = PICKLE_TARGETS[name]
+        (folder / file).write_bytes(wrap(pickle_stream([b"}", _u("k"), b"K\x01s"])))
+        return folder / file
+
+    return build
+
+
 # name -> seed builder; the builder writes into an empty folder and returns the path to load.
 TARGETS: dict[str, Callable[[Path], Path]] = {
     "satchel": seed_satchel,
@@ -250,6 +312,7 @@ TARGETS: dict[str, Callable[[Path], Path]] = {
     "keras-zip": seed_keras_zip,
     "gguf": seed_gguf,
     "orbax": _fixture("orbax/ckpt"),
+    **{name: _pickle_seed(name) for name in PICKLE_TARGETS},
 }
 
 
@@ -257,6 +320,14 @@ TARGETS: dict[str, Callable[[Path], Path]] = {
 _BOUNDARY = (
     0, 1, 2, 7, 8, 0x7F, 0x80, 0xFF, 0x7FFF, 0x8000, 0xFFFF, 2**31 - 1, 2**31, 2**32 - 1,
     2**32, 2**53 + 1, 2**63 - 1, 2**63, 2**64 - 1,
+)  # fmt: skip
+# Tokens of the formats' grammars, inserted whole: pickle opcodes that change the stack's shape
+# (STOP, MEMOIZE, GET, DUP, POP, MARK, TUPLE, REDUCE, BUILD, NEWOBJ, BINPERSID, EMPTY_*,
+# SETITEMS, APPEND(S), NONE, FRAME), JSON punctuation, zip and .npy signatures.
+TOKENS = (
+    b".", b"\x94", b"h\x00", b"2", b"0", b"(", b"t", b"R", b"b", b"\x81", b"Q", b"}", b"]",
+    b"u", b"a", b"e", b"N", b"\x95\x08\x00\x00\x00\x00\x00\x00\x00", b'{"', b'"}', b"[",
+    b",", b"PK\x03\x04", b"PK\x01\x02", b"PK\x05\x06", b"\x93NUMPY",
 )  # fmt: skip
 Op = tuple[Any, ...]
 
@@ -282,25 +353,38 @@ def mutate(data: bytes, ops: list[Op]) -> bytes:
             del buf[a[0] : a[0] + a[1]]
         elif kind == "repeat":
             buf[a[0] : a[0]] = buf[a[0] : a[0] + a[1]] * a[2]
+        elif kind == "copy":  # a chunk of the file itself, written over another place
+            src, n, dst = a
+            chunk = buf[src : src + n]
+            buf[dst : dst + len(chunk)] = chunk
         else:
             raise ValueError(f"unknown mutation {kind!r}")
     return bytes(buf)
 
 
-@dataclass(frozen=True)
 class Mutant:
-    """One mutated file of a seed (``file`` relative to the seed folder, ``""`` for a file)."""
+    """One mutated file of a seed (``file`` relative to the seed folder, ``""`` for a file).
 
-    file: str
-    ops: list[Op]
-    data: bytes = field(repr=False)
+    Not a dataclass: hypothesis prints dataclasses field by field, and ``data`` can be large;
+    ``file`` and ``ops`` rebuild it (:func:`rebuild`).
+    """
+
+    __slots__ = ("data", "file", "ops")
+
+    def __init__(self, file: str, ops: list[Op], data: bytes) -> None:
+        self.file, self.ops, self.data = file, ops, data
+
+    def __repr__(self) -> str:
+        return f"Mutant(file={self.file!r}, ops={self.ops!r})"
 
 
 @st.composite
 def _op(draw: st.DrawFn, size: int) -> Op:
     """One mutation of a ``size``-byte buffer (``size`` > 0)."""
     pos = draw(st.one_of(st.integers(0, min(size, 256) - 1), st.integers(0, size - 1)))
-    kind = draw(st.sampled_from(["flip", "byte", "word", "truncate", "insert", "delete", "repeat"]))
+    kind = draw(
+        st.sampled_from(["flip", "byte", "word", "truncate", "insert", "delete", "repeat", "copy"])
+    )
     if kind == "flip":
         return ("flip", pos, draw(st.integers(0, 7)))
     if kind == "byte":
@@ -313,7 +397,9 @@ def _op(draw: st.DrawFn, size: int) -> Op:
     if kind == "truncate":
         return ("truncate", pos)
     if kind == "insert":
-        return ("insert", pos, draw(st.binary(min_size=1, max_size=16)))
+        return ("insert", pos, draw(st.sampled_from(TOKENS) | st.binary(min_size=1, max_size=16)))
+    if kind == "copy":
+        return ("copy", draw(st.integers(0, size - 1)), draw(st.integers(1, 64)), pos)
     if kind == "delete":
         return ("delete", pos, draw(st.integers(1, 16)))
     return ("repeat", pos, draw(st.integers(1, 64)), draw(st.integers(1, 4)))
@@ -333,6 +419,24 @@ def mutants(draw: st.DrawFn, seed: Path) -> Mutant:
         ops.append(op)
         data = mutate(data, [op])
     return Mutant(name, ops, data)
+
+
+@st.composite
+def pickles(draw: st.DrawFn, target: str) -> Mutant:
+    """A stream of up to 24 opcodes (then STOP) in the target's container."""
+    tokens = draw(st.lists(st.sampled_from(PICKLE_TOKENS), max_size=24))
+    return Mutant("", [("tokens", *tokens)], PICKLE_TARGETS[target][1](pickle_stream(tokens)))
+
+
+def rebuild(target: str, seed: Path, file: str, ops: list[Op]) -> bytes:
+    """The bytes of a failing example, from the target's seed and the example's ``ops``."""
+    if target in PICKLE_TARGETS:
+        return PICKLE_TARGETS[target][1](pickle_stream(list(ops[0][1:])))
+    return mutate((seed / file if file else seed).read_bytes(), ops)
+
+
+def strategy(target: str, seed: Path) -> st.SearchStrategy[Mutant]:
+    return pickles(target) if target in PICKLE_TARGETS else mutants(seed)
 
 
 # -- the property --------------------------------------------------------------------------------
@@ -430,18 +534,17 @@ def test_fuzz(seeds: dict[str, Path], target: str, tmp_path: Path) -> None:
         deadline=DEADLINE,
         suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
     )
-    @given(mutants(seed))
+    @given(strategy(target, seed))
     def run(mutant: Mutant) -> None:
         OUTCOMES[target][check(place(seed, mutant, tmp_path / "case"))] += 1
 
     run()
 
 
-def test_fuzz_summary(capsys: pytest.CaptureFixture[str]) -> None:
+def test_fuzz_summary() -> None:
     """Prints the outcome counts per target of this run (shown with ``pytest -s``)."""
-    with capsys.disabled():
-        for target, counts in OUTCOMES.items():
-            print(f"\nfuzz {target}: {sum(counts.values())} examples, {dict(counts)}", end="")
+    for target, counts in OUTCOMES.items():
+        print(f"fuzz {target}: {sum(counts.values())} examples, {dict(counts)}")
     assert not OUTCOMES or all(sum(c.values()) > 0 for c in OUTCOMES.values())
 
 
@@ -449,7 +552,8 @@ def test_mutate_is_reproducible() -> None:
     data = bytes(range(32))
     ops: list[Op] = [
         ("flip", 0, 7), ("byte", 1, 255), ("word", 30, 4, 2**32 - 1, "little"),
-        ("insert", 2, b"ab"), ("delete", 0, 1), ("repeat", 0, 2, 2), ("truncate", 10),
+        ("insert", 2, b"ab"), ("delete", 0, 1), ("repeat", 0, 2, 2), ("copy", 0, 4, 30),
+        ("truncate", 10),
     ]  # fmt: skip
     assert mutate(data, ops) == mutate(data, ops)
     assert len(mutate(data, ops)) == 10

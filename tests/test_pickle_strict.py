@@ -137,9 +137,10 @@ def test_bytes_after_stop_are_refused(tmp_path: Path, container: str, tail: byte
     wrap, write = CONTAINERS[container]
     record = wrap(BENIGN)
     path = write(tmp_path / "x", record + tail)
-    with pytest.raises(satchel.FormatError, match=f"byte {len(record)}"):
+    # Unsafe, not merely damaged: a hidden second pickle is a scanner-evasion technique.
+    with pytest.raises(satchel.UnsafeContentError, match=f"byte {len(record)}"):
         satchel.load(path)
-    with pytest.raises(satchel.FormatError):
+    with pytest.raises(satchel.UnsafeContentError):
         satchel.open(path)
     report = satchel.verify(path)
     assert not report.ok
@@ -164,7 +165,7 @@ def test_legacy_stream_pickles_follow_each_other_exactly(tmp_path: Path) -> None
 
 
 def test_unpickle_names_the_offset_of_trailing_bytes() -> None:
-    with pytest.raises(satchel.FormatError, match=f"byte {len(BENIGN)}"):
+    with pytest.raises(satchel.UnsafeContentError, match=f"byte {len(BENIGN)}"):
         unpickle(BENIGN + EVIL, where="t", allowed={})
     # A caller that reads several pickles in a row asks for the end and checks what follows.
     first = unpickle(BENIGN + EVIL, where="t", allowed={}, trailing=True)

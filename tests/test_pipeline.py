@@ -244,6 +244,10 @@ def test_a_fifo_is_refused_never_waited_on(tmp_path: Path) -> None:
         "print('refused')\n"
     )
     r = subprocess.run(
-        [sys.executable, "-c", code, str(fifo)], capture_output=True, text=True, timeout=60
+        [sys.executable, "-c", code, str(fifo)],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert r.stdout.strip() == "refused", r.stderr

@@ -84,10 +84,12 @@ def unpickle(
             if m.frame_end is not None:
                 raise m.fail(f"STOP ends the pickle inside a FRAME that runs to byte {m.frame_end}")
             if not trailing and m.pos != len(m.data):
-                # Rule P6: a second pickle hidden after the first is what scanners miss.
-                raise m.fail(
-                    f"{len(m.data) - m.pos} bytes follow the pickle's STOP; a record holds one "
-                    "pickle and nothing after it"
+                # Rule P6: a second pickle hidden after the first is what scanners miss, so
+                # bytes riding along are refused as unsafe content, not as mere damage.
+                raise UnsafeContentError(
+                    f"{where}: pickle byte {m.pos}: {len(m.data) - m.pos} bytes follow the "
+                    "pickle's STOP (a hidden second pickle?); a record holds one pickle and "
+                    "nothing after it, so satchel refuses the file"
                 )
             check_data(m.stack[0], where=where, leaves=leaves, made=m.made)
             return Unpickled(m.stack[0], m.used, m.pos)
