@@ -1,0 +1,234 @@
+"""The torch rim of distributed checkpoints: what each rank holds, writes and reads (SPEC 10).
+
+Every collective runs on torch.distributed's own process groups (no transport of ours). Each
+rank writes only its own pieces: the box of every DTensor it holds (``Shard`` and ``Replicate``
+placements on any mesh; of replicas only the first writes) and, for plain tensors, which every
+rank holds, only those assigned to it, so the work is spread over the ranks. One
+``all_gather_object`` then tells every rank what every other wrote (or that it failed), and the
+caller commits only when all succeeded. Reading computes the box each target tensor needs on
+this rank and reads only the pieces that overlap it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch.distributed.tensor import DTensor
+from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
+
+from .. import dtypes
+from .._format.validate import xxh3_hex
+from .._io.atomic import atomic_file, write_all
+from .._io.writer import write_plan
+from .._plan import plan_save
+from .._read.file import ArrayFile
+from .._read.open import open_path
+from .._tree import flatten
+from ..adapters.torch import to_torch_dtype
+from ..errors import SatchelError, StateMismatchError, UsageError
+from .layout import (
+    LAYOUT_FILE,
+    Layout,
+    Piece,
+    TensorLayout,
+    encode_layout,
+    overlap,
+    piece_file,
+    piece_key,
+)
+
+__all__ = ["Written", "full_tensors", "read_into", "write_item"]
+
+
+@dataclass(frozen=True)
+class Written:
+    """A file of the item: its name, size and whole-file xxh3-64 (the commit record lists it)."""
+
+    name: str
+    size: int
+    xxh3: str
+
+
+@dataclass(frozen=True)
+class _Box:
+    shape: tuple[int, ...]
+    offsets: tuple[int, ...]
+    sizes: tuple[int, ...]
+    local: torch.Tensor  # this rank's part, shaped ``sizes``
+
+
+def _is_tensor(x: object) -> bool:
+    return isinstance(x, torch.Tensor)
+
+
+def _box(x: torch.Tensor) -> _Box:
+    """The part of ``x`` this rank holds, where it lies in the global tensor."""
+    if isinstance(x, DTensor):
+        if any(p.is_partial() for p in x.placements):
+            raise UsageError(
+                "a DTensor with a Partial placement holds unreduced values; redistribute it to "
+                "Shard or Replicate before saving"
+            )
+        sizes, offsets = compute_local_shape_and_global_offset(x.shape, x.device_mesh, x.placements)
+        return _Box(tuple(x.shape), tuple(offsets), tuple(sizes), x.to_local())
+    shape = tuple(x.shape)
+    return _Box(shape, (0,) * len(shape), shape, x)
+
+
+def _writes(x: torch.Tensor, owner: int, rank: int) -> bool:
+    """Whether this rank writes its box of ``x``: the first replica of a DTensor box; for a
+    plain tensor (held whole by every rank) the rank it was assigned to."""
+    if isinstance(x, DTensor):
+        coord: list[int] = list(x.device_mesh.get_coordinate() or [])
+        return all(coord[d] == 0 for d, p in enumerate(x.placements) if p.is_replicate())
+    return owner == rank
+
+
+def _owners(leaves: Sequence[Any], world: int) -> list[int]:
+    """Plain tensors go to the least loaded rank, biggest first: every rank computes the same."""
+    load = [0] * world
+    owner = [0] * len(leaves)
+    plain = [i for i, x in enumerate(leaves) if not isinstance(x, DTensor)]
+    for i in sorted(plain, key=lambda i: -leaves[i].numel() * leaves[i].element_size()):
+        r = min(range(world), key=lambda k: (load[k], k))
+        owner[i] = r
+        load[r] += leaves[i].numel() * leaves[i].element_size()
+    return owner
+
+
+def write_item(state: Any, folder: Path, *, group: Any) -> list[Written]:
+    """Collective: write this rank's pieces of ``state`` into ``folder`` and, on rank 0, the
+    layout. Returns every file of the item (same list on every rank).
+
+    Raises:
+        SatchelError: this or another rank failed (every rank raises; nothing is committed).
+    """
+    rank, world = dist.get_rank(group), dist.get_world_size(group)
+    mine: dict[str, torch.Tensor] = {}
+    boxes: list[tuple[int, str, tuple[int, ...], tuple[int, ...]]] = []
+    report: dict[str, Any]
+    try:
+        flat = flatten(state, is_leaf=_is_tensor)
+        owners = _owners(flat.leaves, world)
+        for i, (x, name) in enumerate(zip(flat.leaves, flat.names, strict=True)):
+            box = _box(x)
+            if not _writes(x, owners[i], rank) or math.prod(box.sizes) == 0:
+                continue
+            key = piece_key(name, box.offsets)
+            mine[key] = box.local.detach().cpu().contiguous()
+            boxes.append((i, key, box.offsets, box.sizes))
+        files = []
+        if mine:
+            out = write_plan(plan_save(mine), folder / piece_file(rank), file_digest=True)
+            files.append((piece_file(rank), out.size, out.xxh3))
+        # Every rank must save the same structure: its digest travels with the report.
+        shape = json.dumps([flat.skeleton, flat.names, [list(x.shape) for x in flat.leaves]])
+        report = {"ok": True, "files": files, "boxes": boxes, "structure": xxh3_hex(shape.encode())}
+    except Exception as e:  # every rank must hear of it at the gather below, then raise
+        report = {"ok": False, "error": f"rank {rank}: {type(e).__name__}: {e}"}
+    reports: list[Any] = [None] * world
+    dist.all_gather_object(reports, report, group=group)
+    failed = [r["error"] for r in reports if not r["ok"]]
+    if not failed and len({r["structure"] for r in reports}) > 1:
+        failed = ["the ranks passed different structures (names, shapes or values) to save"]
+    if failed:
+        raise SatchelError("distributed save failed, nothing committed: " + "; ".join(failed))
+    pieces: list[list[Piece]] = [[] for _ in flat.leaves]
+    written: list[Written] = []
+    for r, rep in enumerate(reports):
+        for name, size, digest in rep["files"]:
+            written.append(Written(name, size, digest))
+        for i, key, offsets, sizes in rep["boxes"]:
+            pieces[i].append(Piece(piece_file(r), key, tuple(offsets), tuple(sizes)))
+    tensors = tuple(
+        TensorLayout(name, _dtype(x), tuple(x.shape), tuple(pieces[i]))
+        for i, (x, name) in enumerate(zip(flat.leaves, flat.names, strict=True))
+    )
+    raw = encode_layout(Layout(flat.skeleton, tensors, world))
+    if rank == 0:
+        with atomic_file(folder / LAYOUT_FILE) as fd:
+            write_all(fd, raw)
+    written.append(Written(LAYOUT_FILE, len(raw), xxh3_hex(raw)))
+    return written
+
+
+def _dtype(x: torch.Tensor) -> dtypes.DType:
+    name = str(x.dtype).removeprefix("torch.")
+    dt = dtypes.by_name(name)
+    if dt is None:
+        raise UsageError(f"cannot save a tensor of dtype {x.dtype}")
+    return dt
+
+
+def read_into(targets: Any, layout: Layout, folder: Path) -> list[str]:
+    """Copy the saved tensors into ``targets`` (a nested state dict of tensors and DTensors,
+    in place), reading on this rank only the pieces its boxes overlap. Returns the names
+    copied.
+
+    Raises:
+        StateMismatchError: a target tensor is missing from the checkpoint or its global shape
+            or dtype differs.
+    """
+    flat = flatten(targets, is_leaf=_is_tensor)
+    saved = {t.name: t for t in layout.tensors}
+    files: dict[str, ArrayFile] = {}
+    done = []
+    try:
+        with torch.no_grad():
+            for x, name in zip(flat.leaves, flat.names, strict=True):
+                t = saved.get(name)
+                if t is None:
+                    raise StateMismatchError(f"{folder}: no saved tensor {name!r}", None)
+                if t.shape != tuple(x.shape) or t.dtype.name != str(x.dtype).removeprefix("torch."):
+                    raise StateMismatchError(
+                        f"{folder}: {name!r} was saved as {t.dtype.name}{list(t.shape)}, the "
+                        f"target is {x.dtype}{list(x.shape)}",
+                        None,
+                    )
+                _fill(_box(x), t, folder, files)
+                done.append(name)
+    finally:
+        for f in files.values():
+            f.close()
+    return done
+
+
+def _fill(box: _Box, t: TensorLayout, folder: Path, files: dict[str, ArrayFile]) -> None:
+    for p in t.pieces:
+        hit = overlap(box.offsets, box.sizes, p.offsets, p.sizes)
+        if hit is None:
+            continue  # SPEC 10.4: a piece this rank does not need is never read
+        lo, n = hit
+        f = files.get(p.file)
+        if f is None:
+            f = files[p.file] = open_path(folder / p.file, framework="torch")
+        piece = f[p.key]
+        src = piece[
+            tuple(slice(a - b, a - b + k) for a, b, k in zip(lo, p.offsets, n, strict=True))
+        ]
+        dst = box.local[
+            tuple(slice(a - b, a - b + k) for a, b, k in zip(lo, box.offsets, n, strict=True))
+        ]
+        dst.copy_(src.to(dst.dtype))
+
+
+def full_tensors(layout: Layout, folder: Path) -> list[torch.Tensor]:
+    """Every saved tensor whole, assembled from its pieces (restore without a process group)."""
+    files: dict[str, ArrayFile] = {}
+    out = []
+    try:
+        for t in layout.tensors:
+            whole = torch.empty(t.shape, dtype=to_torch_dtype(t.dtype))
+            _fill(_Box(t.shape, (0,) * len(t.shape), t.shape, whole), t, folder, files)
+            out.append(whole)
+    finally:
+        for f in files.values():
+            f.close()
+    return out

@@ -1,0 +1,84 @@
+"""One rank of a distributed-checkpoint test: save or restore a state of DTensors (gloo, CPU).
+
+Usage: python dist_worker.py MODE FOLDER SPEC_JSON  (RANK, WORLD_SIZE, MASTER_PORT in the
+environment). SPEC: {"placements": {"w": "S0", "v": "S1", "b": "R"}, "fail_rank": r}.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from datetime import timedelta
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch.distributed.tensor import Replicate, Shard, distribute_tensor, init_device_mesh
+
+from satchel._dist.layout import LAYOUT_FILE, parse_layout
+from satchel._dist.ranks import read_into, write_item
+
+
+def expected() -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    return {
+        "w": torch.randn(13, 10, generator=g),  # 13 rows: uneven over 2, 3 and 4 ranks
+        "v": torch.randn(6, 9, generator=g).to(torch.bfloat16),
+        "b": torch.arange(7, dtype=torch.int64),
+        "plain": torch.randn(5, generator=g),
+    }
+
+
+def placement(code: str) -> object:
+    return Replicate() if code == "R" else Shard(int(code[1:]))
+
+
+def main() -> None:
+    mode, folder, spec = sys.argv[1], Path(sys.argv[2]), json.loads(sys.argv[3])
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    dist.init_process_group(
+        "gloo",
+        init_method=f"tcp://127.0.0.1:{os.environ['MASTER_PORT']}",
+        rank=rank,
+        world_size=world,
+        timeout=timedelta(seconds=float(spec.get("timeout", 60))),
+    )
+    mesh = init_device_mesh("cpu", (world,))
+    want = expected()
+    names = spec["placements"]
+    if mode == "save":
+        state = {
+            "model": {k: distribute_tensor(want[k], mesh, [placement(p)]) for k, p in names.items()},
+            "plain": want["plain"],  # every rank holds it whole: written once
+            "step": 7,
+        }
+        if spec.get("fail_rank") == rank:
+            state["model"]["w"] = object()  # this rank cannot save: every rank must raise
+        try:
+            write_item(state, folder, group=dist.group.WORLD)
+        except Exception as e:  # noqa: BLE001 - the test reads what each rank saw
+            print(f"rank {rank} raised {type(e).__name__}: {e}", flush=True)
+            dist.barrier()
+            dist.destroy_process_group()
+            return
+    else:
+        layout = parse_layout((folder / LAYOUT_FILE).read_bytes(), where=str(folder))
+        targets = {
+            "model": {
+                k: distribute_tensor(torch.zeros_like(want[k]), mesh, [placement(p)])
+                for k, p in names.items()
+            },
+            "plain": torch.zeros(5),
+        }
+        read_into(targets, layout, folder)
+        for k, t in targets["model"].items():
+            assert torch.equal(t.full_tensor(), want[k]), k
+        assert torch.equal(targets["plain"], want["plain"])
+    print(f"rank {rank} ok", flush=True)
+    dist.barrier()  # gloo aborts a rank that tears down while a peer still talks to it
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()
