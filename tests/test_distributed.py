@@ -16,6 +16,7 @@ import satchel
 from satchel._dist.layout import LAYOUT_FILE, parse_layout
 
 WORKER = Path(__file__).with_name("dist_worker.py")
+sys.path.insert(0, str(WORKER.parent))  # the worker module holds the expected state
 
 
 def _port() -> int:
@@ -78,7 +79,10 @@ def test_spec_10_2_each_rank_writes_only_its_pieces(tmp_path: Path) -> None:
     layout = parse_layout((folder / LAYOUT_FILE).read_bytes(), where=str(folder))
     by_name = {t.name: t for t in layout.tensors}
     assert len(by_name["model.w"].pieces) == 2  # one per rank
-    assert {p.file for p in by_name["model.w"].pieces} == {"pieces-00000.satchel", "pieces-00001.satchel"}
+    assert {p.file for p in by_name["model.w"].pieces} == {
+        "pieces-00000.satchel",
+        "pieces-00001.satchel",
+    }
     assert len(by_name["model.b"].pieces) == 1  # replicated: written once
     assert len(by_name["plain"].pieces) == 1
     # Every piece file is a valid satchel file in its own right.
@@ -93,3 +97,31 @@ def test_spec_10_3_a_rank_that_fails_makes_every_rank_raise(tmp_path: Path) -> N
     outs = run_ranks(3, "save", folder, {"placements": {"w": "S0"}, "fail_rank": 1})
     assert all("raised SatchelError" in o and "rank 1" in o for o in outs), outs
     assert not (folder / LAYOUT_FILE).exists()
+
+
+def test_spec_10_5_read_in_one_process_without_a_process_group(tmp_path: Path) -> None:
+    import torch
+    from dist_worker import expected
+
+    from satchel._cli import main as cli_main
+
+    folder = _save(tmp_path, 3, {"w": "S0", "v": "S1", "b": "R"})
+    want = expected()
+    out = satchel.load(folder, framework="torch")
+    assert out["step"] == 7
+    assert torch.equal(out["plain"], want["plain"])
+    for k in ("w", "v", "b"):
+        assert torch.equal(out["model"][k], want[k]), k
+    assert satchel.detect(folder) == "distributed"
+    satchel.convert(folder, tmp_path / "one.satchel")
+    assert satchel.load(tmp_path / "one.satchel")["model"]["w"].shape == (13, 10)
+    assert cli_main(["inspect", str(folder)]) == 0
+    assert cli_main(["verify", str(folder)]) == 0
+    # A damaged piece is an IntegrityError naming the tensor, not silently wrong values.
+    piece = folder / "pieces-00001.satchel"
+    raw = bytearray(piece.read_bytes())
+    raw[-3] ^= 0x40
+    piece.write_bytes(bytes(raw))
+    with pytest.raises(satchel.IntegrityError):
+        satchel.load(folder)
+    assert not satchel.verify(folder).ok

@@ -31,14 +31,14 @@ from ..errors import FormatError, SatchelFileNotFoundError
 __all__ = ["ForeignName", "FormatName", "Probe", "Reader", "probe"]
 
 ForeignName = Literal[
-    "sharded", "torch", "oneflow", "numpy", "npz", "gguf", "mxnet", "tensorflow", "keras",
-    "orbax", "torch-tar",
+    "distributed", "sharded", "torch", "oneflow", "numpy", "npz", "gguf", "mxnet", "tensorflow",
+    "keras", "orbax", "dcp", "torch-tar",
 ]  # fmt: skip
 """A format some reader in ``registry`` reads."""
 
 FormatName = Literal[
-    "satchel", "safetensors", "sharded", "torch", "oneflow", "numpy", "npz", "gguf", "mxnet",
-    "tensorflow", "keras", "orbax", "torch-tar",
+    "satchel", "safetensors", "distributed", "sharded", "torch", "oneflow", "numpy", "npz", "gguf",
+    "mxnet", "tensorflow", "keras", "orbax", "dcp", "torch-tar",
 ]  # fmt: skip
 """What ``satchel.detect`` returns: satchel's own two (read by ``satchel._read``) or a reader's."""
 

@@ -7,12 +7,27 @@ plain safetensors are sniffed by ``detect`` itself and read by ``satchel._read``
 
 from __future__ import annotations
 
-from . import gguf, keras, mxnet, npz, numpy, oneflow, orbax, sharded, tar, tensorflow, torch
+from . import (
+    dcp,
+    distributed,
+    gguf,
+    keras,
+    mxnet,
+    npz,
+    numpy,
+    oneflow,
+    orbax,
+    sharded,
+    tar,
+    tensorflow,
+    torch,
+)
 from ._reader import ForeignName, Reader
 
 __all__ = ["READERS", "reader"]
 
 READERS: dict[ForeignName, Reader] = {
+    "distributed": distributed,
     "sharded": sharded,
     "torch": torch,
     "oneflow": oneflow,
@@ -23,6 +38,7 @@ READERS: dict[ForeignName, Reader] = {
     "tensorflow": tensorflow,
     "keras": keras,
     "orbax": orbax,
+    "dcp": dcp,
     "torch-tar": tar,
 }
 

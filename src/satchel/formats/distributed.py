@@ -1,0 +1,109 @@
+"""A distributed item folder written by ranks (SPEC 10), read in one process without torch.
+
+``layout.json`` says where each piece of each tensor lies; a tensor held whole by one piece is
+that piece (zero-copy, verified on first touch); a tensor cut into pieces is assembled into one
+buffer, each piece verified as it is copied. The saved structure, non-tensor values included,
+comes back as it was saved.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+import numpy as np
+
+from .._dist.layout import LAYOUT_FILE, MAX_LAYOUT, Layout, TensorLayout, parse_layout
+from .._read.file import ArrayFile
+from .._read.native import read_native
+from .._read.refs import ArrayRef, Storage, Tree
+from .._tree import unflatten
+from ..adapters import c_strides
+from ..errors import FormatError
+from ._reader import Probe
+
+__all__ = ["read", "sniff"]
+
+
+def sniff(probe: Probe) -> bool:
+    if not probe.is_dir:
+        return False
+    return (probe.path / LAYOUT_FILE).is_file() and any(probe.path.glob("pieces-*.satchel"))
+
+
+def read(path: Path, *, verify: bool = True) -> Tree:
+    """Every tensor whole, in the saved structure.
+
+    Raises:
+        FormatError: a bad layout, a missing piece file or a piece that is not what the layout
+            says (each naming the file and the tensor).
+        IntegrityError: a piece's bytes fail their checksum (with ``verify``).
+    """
+    where = str(path / LAYOUT_FILE)
+    layout = parse_layout(_read_regular(path / LAYOUT_FILE, where), where=where)
+    files: dict[str, ArrayFile] = {}
+    try:
+        refs = [_tensor(t, path, files, verify=verify, where=where) for t in layout.tensors]
+    finally:
+        for f in files.values():
+            f.close()
+    root = unflatten(layout.skeleton, refs.__getitem__, where=where)
+    return Tree(root, "distributed", {"format": "distributed"}, checksummed=verify)
+
+
+def _tensor(
+    t: TensorLayout, folder: Path, files: dict[str, ArrayFile], *, verify: bool, where: str
+) -> ArrayRef:
+    whole = np.empty(t.shape, dtype=t.dtype.numpy)
+    for p in t.pieces:
+        f = files.get(p.file)
+        if f is None:
+            piece_path = folder / p.file
+            if not piece_path.is_file() or piece_path.is_symlink():
+                raise FormatError(
+                    f"{where}: tensor {t.name!r} has a piece in {p.file}, which is missing or "
+                    "not a regular file",
+                    path=where,
+                    field=t.name,
+                )
+            f = files[p.file] = ArrayFile(
+                read_native(piece_path, mmap=True, verify=verify),
+                path=str(piece_path),
+                framework="numpy",
+            )
+        if p.key not in f:
+            raise FormatError(
+                f"{where}: {p.file} lacks piece {p.key!r} of tensor {t.name!r}",
+                path=where,
+                field=t.name,
+            )
+        piece = f[p.key]
+        if tuple(piece.shape) != p.sizes or str(piece.dtype) != str(whole.dtype):
+            raise FormatError(
+                f"{where}: piece {p.key!r} in {p.file} is {piece.dtype}{list(piece.shape)}, the "
+                f"layout says {t.dtype.name}{list(p.sizes)}",
+                path=where,
+                field=t.name,
+            )
+        whole[tuple(slice(o, o + n) for o, n in zip(p.offsets, p.sizes, strict=True))] = piece
+    data = whole.reshape(-1).view(np.uint8)
+    return ArrayRef(Storage(data, t.name), t.dtype, t.shape, c_strides(t.shape), 0)
+
+
+def _read_regular(path: Path, where: str) -> bytes:
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise FormatError(f"{where}: is not a regular file", path=where)
+        with os.fdopen(os.dup(fd), "rb") as f:
+            return f.read(MAX_LAYOUT + 1)
+    finally:
+        os.close(fd)
+
+
+def layout_of(path: Path) -> Layout:
+    where = str(path / LAYOUT_FILE)
+    return parse_layout(_read_regular(path / LAYOUT_FILE, where), where=where)
+
+
