@@ -49,16 +49,22 @@ def main() -> None:
     names = spec["placements"]
     if mode == "save":
         state = {
-            "model": {k: distribute_tensor(want[k], mesh, [placement(p)]) for k, p in names.items()},
+            "model": {
+                k: distribute_tensor(want[k], mesh, [placement(p)]) for k, p in names.items()
+            },
             "plain": want["plain"],  # every rank holds it whole: written once
             "step": 7,
         }
+        if spec.get("die_rank") == rank:
+            os._exit(3)  # dies mid-save, as a SIGKILL would: never reaches the agreement
         if spec.get("fail_rank") == rank:
             state["model"]["w"] = object()  # this rank cannot save: every rank must raise
         try:
             write_item(state, folder, group=dist.group.WORLD)
-        except Exception as e:  # noqa: BLE001 - the test reads what each rank saw
+        except Exception as e:
             print(f"rank {rank} raised {type(e).__name__}: {e}", flush=True)
+            if "die_rank" in spec:
+                os._exit(0)  # a peer is gone: no teardown handshake is possible
             dist.barrier()
             dist.destroy_process_group()
             return

@@ -41,10 +41,10 @@ def run_ranks(world: int, mode: str, folder: Path, spec: dict[str, Any]) -> list
             )
         )
     outs = []
-    for p in procs:
+    for rank, p in enumerate(procs):
         out, _ = p.communicate(timeout=120)
         outs.append(out)
-        assert p.returncode == 0, out
+        assert p.returncode == (3 if rank == spec.get("die_rank") else 0), out
     return outs
 
 
@@ -101,8 +101,8 @@ def test_spec_10_3_a_rank_that_fails_makes_every_rank_raise(tmp_path: Path) -> N
 
 def test_spec_10_5_read_in_one_process_without_a_process_group(tmp_path: Path) -> None:
     import torch
-    from dist_worker import expected
 
+    from dist_worker import expected
     from satchel._cli import main as cli_main
 
     folder = _save(tmp_path, 3, {"w": "S0", "v": "S1", "b": "R"})
@@ -125,3 +125,41 @@ def test_spec_10_5_read_in_one_process_without_a_process_group(tmp_path: Path) -
     with pytest.raises(satchel.IntegrityError):
         satchel.load(folder)
     assert not satchel.verify(folder).ok
+
+
+def test_spec_10_3_a_rank_that_dies_makes_the_others_raise_within_the_timeout(
+    tmp_path: Path,
+) -> None:
+    import time
+
+    folder = tmp_path / "ck"
+    folder.mkdir()
+    start = time.monotonic()
+    spec = {"placements": {"w": "S0"}, "die_rank": 2, "timeout": 5}
+    outs = run_ranks(3, "save", folder, spec)
+    assert time.monotonic() - start < 60
+    assert all("raised SatchelError" in o for i, o in enumerate(outs) if i != 2), outs
+    assert not (folder / LAYOUT_FILE).exists()
+
+
+def test_spec_10_2_pieces_must_tile_each_tensor_exactly() -> None:
+    from satchel import dtypes
+    from satchel._dist.layout import Layout, Piece, TensorLayout, encode_layout, parse_layout
+
+    f32 = dtypes.get("float32")
+
+    def layout(*boxes: tuple[tuple[int, ...], tuple[int, ...]]) -> bytes:
+        pieces = tuple(
+            Piece("pieces-00000.satchel", f"w@{i}", o, s) for i, (o, s) in enumerate(boxes)
+        )
+        return encode_layout(Layout({"$t": 0}, (TensorLayout("w", f32, (4, 4), pieces),), 1))
+
+    parse_layout(layout(((0, 0), (2, 4)), ((2, 0), (2, 4))), where="ok")
+    bad = {
+        "gap": layout(((0, 0), (2, 4)), ((3, 0), (1, 4))),
+        "overlap": layout(((0, 0), (3, 4)), ((2, 0), (1, 4))),
+        "outside": layout(((0, 0), (2, 4)), ((2, 0), (3, 4))),
+    }
+    for what, raw in bad.items():
+        with pytest.raises(satchel.FormatError, match="'w'"):
+            parse_layout(raw, where=what)

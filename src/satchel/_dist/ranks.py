@@ -134,7 +134,13 @@ def write_item(state: Any, folder: Path, *, group: Any) -> list[Written]:
     except Exception as e:  # every rank must hear of it at the gather below, then raise
         report = {"ok": False, "error": f"rank {rank}: {type(e).__name__}: {e}"}
     reports: list[Any] = [None] * world
-    dist.all_gather_object(reports, report, group=group)
+    try:
+        dist.all_gather_object(reports, report, group=group)
+    except (RuntimeError, dist.DistError) as e:  # a rank died or hung: the group's timeout
+        raise SatchelError(
+            f"distributed save: rank {rank} got no answer from every rank ({e}); a rank died "
+            "or hung, nothing was committed"
+        ) from e
     failed = [r["error"] for r in reports if not r["ok"]]
     if not failed and len({r["structure"] for r in reports}) > 1:
         failed = ["the ranks passed different structures (names, shapes or values) to save"]
