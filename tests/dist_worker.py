@@ -16,6 +16,7 @@ import torch
 import torch.distributed as dist
 from torch.distributed.tensor import Replicate, Shard, distribute_tensor, init_device_mesh
 
+import satchel
 from satchel._dist.layout import LAYOUT_FILE, parse_layout
 from satchel._dist.ranks import read_into, write_item
 
@@ -68,6 +69,15 @@ def main() -> None:
             dist.barrier()
             dist.destroy_process_group()
             return
+    elif mode == "load_state":
+        # A single-file checkpoint into a sharded model: each rank copies its own box.
+        model = torch.nn.Linear(10, 13, bias=False)
+        model.weight = torch.nn.Parameter(
+            distribute_tensor(torch.zeros(13, 10), mesh, [placement(names["w"])])
+        )
+        report = satchel.load_state(model, folder / "single.satchel")
+        assert report.loaded == ("weight",), report
+        assert torch.equal(model.weight.full_tensor(), want["w"])
     else:
         layout = parse_layout((folder / LAYOUT_FILE).read_bytes(), where=str(folder))
         targets = {

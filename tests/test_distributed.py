@@ -163,3 +163,12 @@ def test_spec_10_2_pieces_must_tile_each_tensor_exactly() -> None:
     for what, raw in bad.items():
         with pytest.raises(satchel.FormatError, match="'w'"):
             parse_layout(raw, where=what)
+
+
+@pytest.mark.parametrize("placement", ["S0", "S1", "R"])
+def test_spec_10_4_a_single_file_loads_into_a_sharded_model(tmp_path: Path, placement: str) -> None:
+    from dist_worker import expected
+
+    satchel.save({"weight": expected()["w"]}, tmp_path / "single.satchel")
+    outs = run_ranks(3, "load_state", tmp_path, {"placements": {"w": placement}})
+    assert all("ok" in o for o in outs), outs

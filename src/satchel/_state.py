@@ -255,7 +255,23 @@ def _copy_into(dst: Any, value: Any) -> None:
 
     src = value if isinstance(value, torch.Tensor) else torch.from_numpy(np.asarray(value))
     with torch.no_grad():
-        dst.copy_(src)
+        if type(dst).__name__ == "DTensor" and type(src).__name__ != "DTensor":
+            # A whole tensor into a sharded one (FSDP2, tensor parallel): each rank copies the
+            # box its placements give it, reading only that part of the source.
+            local, box = _local_box(dst)
+            local.copy_(src[box])
+        else:
+            dst.copy_(src)
+
+
+def _local_box(dst: Any) -> tuple[Any, tuple[slice, ...]]:
+    from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
+
+    sizes, offsets = compute_local_shape_and_global_offset(
+        dst.shape, dst.device_mesh, dst.placements
+    )
+    box = tuple(slice(o, o + n) for o, n in zip(offsets, sizes, strict=True))
+    return dst.to_local(), box
 
 
 def _load_optimizer(opt: Any, source: str | os.PathLike[str] | Mapping[str, Any]) -> LoadReport:
