@@ -308,11 +308,18 @@ def _kind_text(src: Source) -> str:
 def _checksum_text(src: Source) -> str:
     if src.kind != "file":
         return "xxh3-64 per file in the commit record, per tensor in each file"
+    kind = _CHECKSUMS.get(src.format, "xxh3-64 per tensor")
     if src.checksummed:
-        return "xxh3-64 per tensor (satchel verify checks them)"
-    if src.format == "tensorflow":
-        return "crc32c per tensor (satchel verify checks them)"
+        return f"{kind} (satchel verify checks them)"
     return f"none ({src.format} files carry none)"
+
+
+# What each checksummed format checks; satchel's own files (and shards, pieces) use xxh3-64.
+_CHECKSUMS = {
+    "tensorflow": "crc32c per tensor",
+    "torch": "CRC-32 per zip member",
+    "dcp": "CRC-32 per zip member of each item",
+}
 
 
 def _checkpoints_text(src: Source, con: Console) -> None:
