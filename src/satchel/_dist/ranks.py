@@ -173,10 +173,11 @@ def _dtype(x: torch.Tensor) -> dtypes.DType:
     return dt
 
 
-def read_into(targets: Any, layout: Layout, folder: Path) -> list[str]:
+def read_into(targets: Any, layout: Layout, folder: Path, *, prefix: str = "") -> list[str]:
     """Copy the saved tensors into ``targets`` (a nested state dict of tensors and DTensors,
     in place), reading on this rank only the pieces its boxes overlap. Returns the names
-    copied.
+    copied. ``prefix`` is where ``targets`` sits in the saved structure (``state`` for an
+    optimizer's ``state_dict()["state"]``).
 
     Raises:
         StateMismatchError: a target tensor is missing from the checkpoint or its global shape
@@ -184,11 +185,13 @@ def read_into(targets: Any, layout: Layout, folder: Path) -> list[str]:
     """
     flat = flatten(targets, is_leaf=_is_tensor)
     saved = {t.name: t for t in layout.tensors}
+    dot = f"{prefix}." if prefix else ""
     files: dict[str, ArrayFile] = {}
     done = []
     try:
         with torch.no_grad():
-            for x, name in zip(flat.leaves, flat.names, strict=True):
+            for x, path in zip(flat.leaves, flat.names, strict=True):
+                name = f"{dot}{path}" if path else prefix
                 t = saved.get(name)
                 if t is None:
                     raise StateMismatchError(f"{folder}: no saved tensor {name!r}", None)

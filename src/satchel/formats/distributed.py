@@ -28,7 +28,8 @@ __all__ = ["read", "sniff"]
 
 def sniff(probe: Probe) -> bool:
     if not probe.is_dir:
-        return False
+        # The layout file itself, from its bytes (the commit record names it for the item).
+        return probe.head.startswith(b'{"format":"satchel-distributed"')
     return (probe.path / LAYOUT_FILE).is_file() and any(probe.path.glob("pieces-*.satchel"))
 
 
@@ -40,6 +41,8 @@ def read(path: Path, *, verify: bool = True) -> Tree:
             says (each naming the file and the tensor).
         IntegrityError: a piece's bytes fail their checksum (with ``verify``).
     """
+    if not path.is_dir():
+        path = path.parent
     where = str(path / LAYOUT_FILE)
     layout = parse_layout(_read_regular(path / LAYOUT_FILE, where), where=where)
     files: dict[str, ArrayFile] = {}
@@ -88,7 +91,11 @@ def _tensor(
             )
         whole[tuple(slice(o, o + n) for o, n in zip(p.offsets, p.sizes, strict=True))] = piece
     data = whole.reshape(-1).view(np.uint8)
-    return ArrayRef(Storage(data, t.name), t.dtype, t.shape, c_strides(t.shape), 0)
+    # The pieces' files record the framework the tensors came from (torch, for ranks).
+    first = files[t.pieces[0].file].info(t.pieces[0].key).framework if t.pieces else None
+    return ArrayRef(
+        Storage(data, t.name), t.dtype, t.shape, c_strides(t.shape), 0, framework=first
+    )
 
 
 def _read_regular(path: Path, where: str) -> bytes:
