@@ -9,9 +9,11 @@ Training is deterministic: the state after step ``s`` is the same whichever proc
 it, so a digest reported for a step by one life must be reported again by any later life.
 
 Usage: crash_worker.py ROOT [--keep-last N] [--mode blocking|async] [--max-steps N] [--small]
+                       [--max-shard-size SIZE]
 
 ``--small`` trains a state of a few KiB instead: saves then take a few milliseconds, so a
-reader meets many commits and deletions in a second.
+reader meets many commits and deletions in a second. ``--max-shard-size 1MiB`` saves the model
+as a folder of 4 shards and the optimizer as one of 2 (SPEC 8.15).
 
 ``crash_worker.py --serve`` is a fork server for the SIGKILL campaign: it imports everything
 once, then for each ``run OUTFILE ARGS...`` line on stdin forks a worker (stdout to OUTFILE) and
@@ -80,6 +82,7 @@ def main(argv: list[str]) -> int:
     p.add_argument("--mode", choices=("blocking", "async"), default="blocking")
     p.add_argument("--max-steps", type=int, default=0, help="0: run until killed")
     p.add_argument("--small", action="store_true", help="a state of a few KiB")
+    p.add_argument("--max-shard-size", default=None, help="shard items larger than this")
     args = p.parse_args(argv)
 
     import satchel
@@ -88,7 +91,9 @@ def main(argv: list[str]) -> int:
         sys.stdout.write(line + "\n")
         sys.stdout.flush()
 
-    mgr = satchel.CheckpointManager(args.root, keep_last=args.keep_last)
+    mgr = satchel.CheckpointManager(
+        args.root, keep_last=args.keep_last, max_shard_size=args.max_shard_size
+    )
     state = initial_state(args.small)
     step = -1
     if mgr.latest() is not None:

@@ -4,9 +4,11 @@
   random moments (100 times), and after each kill restore() must give, bit for bit, the last
   checkpoint the worker reported committed or the one it was writing. The next worker resumes
   from that checkpoint. Most workers are forked from a warm server (a real process each, minus
-  the interpreter start); every tenth is a fresh interpreter.
+  the interpreter start); every tenth is a fresh interpreter. A shorter campaign does the same
+  with sharded items (SPEC 8.15), whose shards parallel workers write.
 * Fault injection: an OSError (ENOSPC, EIO) raised at each I/O call of a save in turn must reach
-  the caller, leave the previous checkpoints intact and leave no temporary entries behind.
+  the caller, leave the previous checkpoints intact and leave no temporary entries behind; for
+  a save of sharded items too.
 * A reader restoring in a loop while a real training process keeps saving to the same root.
 """
 
@@ -25,6 +27,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -35,6 +38,7 @@ import pytest
 
 import satchel
 from satchel import CheckpointManager, CheckpointRoot, CheckpointWarning
+from satchel._checkpoint import workers as pool
 from satchel._io.atomic import TMP_MARKER
 
 HERE = Path(__file__).resolve().parent
@@ -205,6 +209,30 @@ TIME_LIMIT = 240.0  # a guard against a hang, far above the ~20 s the campaign t
 
 
 def test_sigkill_campaign(tmp_path: Path, workers: Any) -> None:
+    campaign(tmp_path, workers, N_KILLS)
+
+
+N_KILLS_SHARDED = 40
+SHARDED = ("--max-shard-size", "1MiB")  # the model as 4 shards, the optimizer as 2
+
+
+def test_sigkill_campaign_with_sharded_items(tmp_path: Path, workers: Any) -> None:
+    stats = campaign(tmp_path, workers, N_KILLS_SHARDED, SHARDED)
+    assert stats["kills inside an item folder"] > 0, "no kill landed inside a sharded item"
+    # every step the campaign left is sharded: 4 + 2 shards and their indexes
+    root = tmp_path / "run"
+    steps = CheckpointRoot(root).checkpoints()
+    assert steps and all(i.valid for i in steps)
+    for info in steps:
+        assert info.record is not None
+        assert [len(info.record.items[n].files) for n in ("model", "opt")] == [5, 3]
+
+
+def campaign(
+    tmp_path: Path, workers: Any, kills: int, extra: tuple[str, ...] = ()
+) -> collections.Counter[str]:
+    """Kill ``kills`` workers (saving with ``extra`` arguments) at random moments; see the
+    module docstring. Returns what happened, counted."""
     root = tmp_path / "run"
     root.mkdir()
     rng = random.Random(20240607)
@@ -216,9 +244,9 @@ def test_sigkill_campaign(tmp_path: Path, workers: Any) -> None:
     leftovers: list[str] = []
     start = time.monotonic()
 
-    for life in range(N_KILLS):
+    for life in range(kills):
         assert time.monotonic() - start < TIME_LIMIT, f"only {life} kills in {TIME_LIMIT} s"
-        args = ("--keep-last", "3", "--mode", "async" if life % 2 else "blocking")
+        args = ("--keep-last", "3", "--mode", "async" if life % 2 else "blocking", *extra)
         out = tmp_path / f"life{life:03d}.txt"
         fresh = life % FRESH_EVERY == FRESH_EVERY - 1
         w = (workers.fresh if fresh else workers.forked)(root, out, *args)
@@ -253,6 +281,9 @@ def test_sigkill_campaign(tmp_path: Path, workers: Any) -> None:
             assert not set(leftovers) & now, f"life {life}: not cleaned: {set(leftovers) & now}"
         new = now - set(leftovers)
         stats["kills leaving temp entries"] += bool(new)
+        stats["kills inside an item folder"] += any(
+            c.is_dir() for e in new if (root / e).is_dir() for c in (root / e).iterdir()
+        )
         stats["temp entries left"] += len(new)
         leftovers = sorted(now)
 
@@ -290,7 +321,7 @@ def test_sigkill_campaign(tmp_path: Path, workers: Any) -> None:
 
     # a last, clean life in a fresh interpreter: it runs to its end, so retention and cleanup
     # are complete
-    w = workers.fresh(root, tmp_path / "last.txt", "--keep-last", "3", "--max-steps", "3")
+    w = workers.fresh(root, tmp_path / "last.txt", "--keep-last", "3", "--max-steps", "3", *extra)
     w.wait_for("done")
     assert w.join() == 0
     committed, in_flight, _ = parse(w.lines()[1:-1])
@@ -305,7 +336,7 @@ def test_sigkill_campaign(tmp_path: Path, workers: Any) -> None:
     stats["temp leftovers cleaned"] += len(leftovers)
 
     elapsed = time.monotonic() - start
-    assert stats["kills"] >= 100
+    assert stats["kills"] >= kills
     assert stats["restores ok"] > 0
     assert stats["restores ok"] + stats["restores before any commit"] == stats["kills"]
     assert stats["kills leaving temp entries"] > 0, "no kill landed inside a save"
@@ -313,6 +344,7 @@ def test_sigkill_campaign(tmp_path: Path, workers: Any) -> None:
     summary = ", ".join(f"{k}: {v}" for k, v in stats.items())
     print(f"\nSIGKILL campaign ({elapsed:.1f} s, last step {res.step}): {summary}")
     print(f"mean save time of the worker (~6 MiB, fsynced): {save_time * 1000:.1f} ms")
+    return stats
 
 
 # -- fault injection ------------------------------------------------------------------------------
@@ -337,10 +369,12 @@ class Injector:
 
     os functions are replaced globally (the satchel modules share the os module); only calls
     whose caller is a satchel module are counted. A failing close still closes the descriptor,
-    as the kernel does.
+    as the kernel does. Calls from several threads (a sharded save's workers) are counted one
+    at a time.
     """
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.lock = threading.Lock()
         self.calls: list[str] = []
         self.fail_at = 0
         self.err = 0
@@ -383,9 +417,11 @@ class Injector:
             caller = sys._getframe(1).f_globals.get("__name__", "")
             if not (self.recording and caller.startswith("satchel")):
                 return real(*args, **kw)
-            label = self._label(name, args, kw)
-            self.calls.append(label)
-            if len(self.calls) == self.fail_at:
+            with self.lock:
+                label = self._label(name, args, kw)
+                self.calls.append(label)
+                hit = len(self.calls) == self.fail_at
+            if hit:
                 if name == "close":
                     real(*args, **kw)
                 raise OSError(self.err, f"{os.strerror(self.err)} (injected: {label})")
@@ -605,6 +641,120 @@ def test_fault_at_every_io_call_of_a_save(
         f"K={n_calls} I/O calls, commit point = call {commit} ({calls[commit - 1]}); "
         f"{dict(outcome)}; per function {dict(collections.Counter(c.split()[0] for c in calls))}"
     )
+    assert not problems, "\n".join(problems)
+
+
+def tree_bytes(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+def sharded_state(seed: int) -> dict[str, Any]:
+    rng = np.random.default_rng(seed)
+    return {
+        "model": {f"w{i}": rng.standard_normal(1024).astype(np.float32) for i in range(4)},
+        "opt": {"m": rng.standard_normal(512).astype(np.float32)},
+        "extra": {"seed": seed},
+    }
+
+
+SHARD_LIMIT = 8 << 10  # the model: 4 x 4 KiB in 2 shards; opt and extra: one file each
+
+
+@pytest.mark.parametrize(
+    ("n_workers", "blocking"),
+    [(1, True), (2, True), (2, False)],
+    ids=["1-worker", "2-workers", "2-workers-async"],
+)
+def test_fault_at_every_io_call_of_a_sharded_save(
+    scratch: Path, monkeypatch: pytest.MonkeyPatch, n_workers: int, blocking: bool
+) -> None:
+    """As test_fault_at_every_io_call_of_a_save, for a save whose model is sharded (SPEC 8.15).
+
+    With two workers the calls of the two shards interleave differently from run to run, but
+    their number and the commit point (after every worker has finished) do not change.
+    """
+    monkeypatch.setattr(pool, "WRITE_WORKERS", n_workers)
+    template = scratch / "template"
+    with CheckpointManager(template, max_shard_size=SHARD_LIMIT) as mgr:
+        mgr.save(1, **sharded_state(1))
+    step1 = tree_bytes(template / "step_00000001")
+
+    def save_step(mgr: CheckpointManager, step: int) -> None:
+        mgr.save(step, **sharded_state(step), blocking=blocking)
+        mgr.wait()
+
+    def matches(mgr: CheckpointManager, step: int) -> bool:
+        res = mgr.restore(step=step)
+        want = sharded_state(step)
+        return res.extra == want["extra"] and all(
+            np.asarray(res.items[item][k]).tobytes() == v.tobytes()
+            for item in ("model", "opt")
+            for k, v in want[item].items()
+        )
+
+    inj = Injector(monkeypatch)
+    root = scratch / "clean"
+    shutil.copytree(template, root)
+    with CheckpointManager(root, max_shard_size=SHARD_LIMIT) as mgr:
+        inj.start(root)
+        save_step(mgr, 2)
+        calls = inj.stop()
+    assert sorted(os.listdir(root / "step_00000002" / "model")) == [
+        "model-00001-of-00002.safetensors",
+        "model-00002-of-00002.safetensors",
+        "model.safetensors.index.json",
+    ]
+    commit = commit_index(calls)
+    # SPEC 8.15: the shards, then the index, then the item folder's fsync, then the record
+    tmp = ".step_00000002.satchel-tmp-*"
+    sub = f"{tmp}/model"
+    renames = [i for i, c in enumerate(calls) if c.startswith(f"replace {sub}/")]
+    assert [calls[i].rsplit("/", 1)[1] for i in renames] == [
+        "model-00001-of-00002.safetensors",
+        "model-00002-of-00002.safetensors",
+        "model.safetensors.index.json",
+    ] or n_workers > 1
+    index = calls.index(f"replace {sub}/.satchel-tmp-* -> {sub}/model.safetensors.index.json")
+    assert max(renames) == index < calls.index(f"fsync {sub}")
+    assert calls.index(f"fsync {sub}") < calls.index(f"open {tmp}/manifest.json")
+    problems = []
+    for k in range(1, len(calls) + 1):
+        root = scratch / f"k{k:03d}"
+        shutil.copytree(template, root)
+        mgr = CheckpointManager(root, max_shard_size=SHARD_LIMIT)
+        inj.start(root, k, errno.ENOSPC)
+        e: OSError | None = None
+        try:
+            save_step(mgr, 2)
+        except OSError as ex:
+            e = ex
+        finally:
+            inj.stop()
+        read_fault = e is None and calls[k - 1].startswith("read ")
+        why = [] if read_fault or (e is not None and "injected" in str(e)) else [f"{e!r}"]
+        why += check_no_litter(root, {"step_00000001", "step_00000002"})
+        if tree_bytes(root / "step_00000001") != step1 or not matches(mgr, 1):
+            why.append("step 1 changed")
+        present = (root / "step_00000002").exists()
+        if present != (k > commit or read_fault):
+            why.append(f"step 2 {'present' if present else 'absent'}")
+        if present and not (mgr.check(2) is None and matches(mgr, 2)):
+            why.append("step 2 present but not valid")
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", CheckpointWarning)
+            if mgr.restore().step != (2 if present else 1):
+                why.append("restore() did not give the newest valid step")
+        try:  # the manager (and its lock) still work
+            save_step(mgr, 3)
+            mgr.close()
+            assert mgr.steps() == ([1, 2, 3] if present else [1, 3])
+        except Exception as ex:
+            why.append(f"next save failed: {ex!r}")
+        if why:
+            problems.append(f"k={k} ({calls[k - 1]}): {'; '.join(why)}")
+        mgr.close()
+        shutil.rmtree(root)
+    print(f"\nsharded fault injection ({n_workers} workers): K={len(calls)}, commit at {commit}")
     assert not problems, "\n".join(problems)
 
 

@@ -31,7 +31,7 @@ import xxhash
 from torch import nn
 
 import satchel
-import satchel._checkpoint.manager
+import satchel._checkpoint.items
 from checkpoint_records import seal
 from satchel import CheckpointManager, CheckpointRoot, CheckpointWarning
 from satchel._checkpoint.record import read_commit
@@ -192,7 +192,7 @@ def test_spec_8_2_folder_layout_and_commit_record_fields(tmp_path: Path) -> None
     (info,) = mgr.checkpoints()
     assert info.valid and info.step == 7 and info.path == folder
     assert info.record is not None
-    assert info.record.items["model"].xxh3 == doc["items"]["model"]["xxh3"]
+    assert info.record.items["model"].files[0].xxh3 == doc["items"]["model"]["xxh3"]
     assert info.record.metrics["loss"] == 0.25
     assert np.isnan(info.record.metrics["diverged"])
     assert mgr.check(7) is None
@@ -770,10 +770,10 @@ class Gate:
     """Wraps the manager's write_plan so a background save stops until the test opens the gate."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        self.real = satchel._checkpoint.manager.write_plan
+        self.real = satchel._checkpoint.items.write_plan
         self.open = threading.Event()
         self.entered = threading.Event()
-        monkeypatch.setattr(satchel._checkpoint.manager, "write_plan", self)
+        monkeypatch.setattr(satchel._checkpoint.items, "write_plan", self)
 
     def __call__(self, plan: Any, path: Path, **kwargs: Any) -> Any:
         self.entered.set()
@@ -866,7 +866,7 @@ def test_background_error_surfaces_on_the_next_call(
     mgr = CheckpointManager(tmp_path)
     mgr.save(1, model=state(1))
     before = {p.name: p.read_bytes() for p in step_dir(tmp_path, 1).iterdir()}
-    real = satchel._checkpoint.manager.write_plan
+    real = satchel._checkpoint.items.write_plan
     calls = 0
 
     def failing(plan: Any, path: Path, **kwargs: Any) -> Any:
@@ -876,7 +876,7 @@ def test_background_error_surfaces_on_the_next_call(
             return real(plan, path)  # the first item is written, then the disk fills up
         raise OSError(errno.ENOSPC, "No space left on device (injected)")
 
-    monkeypatch.setattr(satchel._checkpoint.manager, "write_plan", failing)
+    monkeypatch.setattr(satchel._checkpoint.items, "write_plan", failing)
     mgr.save(2, model=state(2), opt=state(20), blocking=False)  # returns; fails in background
     if surface == "save":
         with pytest.raises(OSError, match="injected") as ei:
@@ -897,7 +897,7 @@ def test_background_error_surfaces_on_the_next_call(
     assert mgr.steps() == [1]
     assert {p.name: p.read_bytes() for p in step_dir(tmp_path, 1).iterdir()} == before
     assert temp_entries(tmp_path) == []
-    monkeypatch.setattr(satchel._checkpoint.manager, "write_plan", real)
+    monkeypatch.setattr(satchel._checkpoint.items, "write_plan", real)
     with pytest.raises(satchel.UsageError, match="closed"):
         mgr.save(2, model=state(2), blocking=False)
     with CheckpointManager(tmp_path) as mgr:

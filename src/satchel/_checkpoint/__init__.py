@@ -1,9 +1,11 @@
 """Checkpoint roots: the one home of their layout, commit record, writer lock and restore rules.
 
 ``layout`` names things (step folders, temp names, lock and commit files), ``record`` reads and
-writes the commit record, ``lock`` is the writer lock, ``targets`` says what each item becomes
-on save and restore, ``manager`` writes (``CheckpointManager``) and ``view`` reads
-(``CheckpointRoot``, never locking). The face, ``_verify`` and ``_cli`` use what is here.
+writes the commit record and checks a step's files against it (``files`` opens them safely),
+``lock`` is the writer lock, ``targets`` says what each item becomes on save and restore,
+``items`` plans and writes an item's files (one file, or a folder of shards written by
+``workers``), ``manager`` writes (``CheckpointManager``) and ``view`` reads (``CheckpointRoot``,
+never locking). The face, ``_verify`` and ``_cli`` use what is here.
 """
 
 from __future__ import annotations

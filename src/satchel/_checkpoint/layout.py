@@ -7,6 +7,10 @@
       step_00000100/                    one committed step (zero-padded to 8 digits at least)
         model.satchel                   one single file per item, ``<item>.satchel``
         extra.satchel                   the ``extra=`` value is the item ``extra``
+        optimizer/                      an item larger than ``max_shard_size``: sharded (8.15)
+          model-00001-of-00002.safetensors    its shards and its index, in the Hugging Face
+          model-00002-of-00002.safetensors    layout (SPEC 9), named as ``from_pretrained``
+          model.safetensors.index.json        expects them whatever the item is
         manifest.json                   the commit record, written last (SPEC 8.3)
       .step_00000200.satchel-tmp-<pid>-<hex>        a step being written (or left by a crash)
       .trash-step_00000050.satchel-tmp-<pid>-<hex>  a step being deleted
@@ -22,14 +26,19 @@ import secrets
 from pathlib import Path
 
 from .._io.atomic import TMP_MARKER
+from .._shards.names import index_name
 
 __all__ = [
     "COMMIT_FILE",
     "EXTRA_ITEM",
     "LOCK_FILE",
+    "SHARD_INDEX",
+    "SHARD_PREFIX",
     "check_item_name",
     "has_commit",
     "is_item_file",
+    "is_item_folder",
+    "is_item_member",
     "is_root",
     "is_step_dir",
     "is_step_folder",
@@ -46,10 +55,16 @@ LOCK_FILE = ".satchel.lock"  # SPEC 8.1
 COMMIT_FILE = "manifest.json"  # SPEC 8.2
 EXTRA_ITEM = "extra"  # SPEC 8.2: what save(extra=...) is stored as
 _ITEM_SUFFIX = ".satchel"
+# SPEC 8.15: a sharded item's files. transformers, huggingface_hub and diffusers look for the
+# index under exactly this name, so every item's folder uses it, whatever the item is.
+SHARD_PREFIX = "model"
+SHARD_INDEX = index_name(SHARD_PREFIX)
 _STEP_DIR = re.compile(r"^step_(\d{1,19})$")  # 19 digits: every step fits an int64
 # Item names become file names: no separators, no leading dot, nothing a shell would expand.
 _ITEM_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}$")
 _ITEM_FILE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}\.satchel$")
+# A file in an item folder: a plain name, never hidden (so never a temp name, SPEC 7.1).
+_MEMBER = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,199}$")
 
 
 def step_name(step: int) -> str:
@@ -117,8 +132,12 @@ def trash_path(folder: Path) -> Path:
 
 
 def check_item_name(name: str) -> bool:
-    """Whether ``name`` may name an item passed to ``save`` (``extra`` is reserved)."""
-    return bool(_ITEM_NAME.match(name)) and name != EXTRA_ITEM
+    """Whether ``name`` may name an item passed to ``save`` (``extra`` is reserved).
+
+    No name ends in ``.satchel`` or is ``manifest.json`` (SPEC 8.15): a sharded item's folder is
+    named as the item, so it can then be neither another item's file nor the commit record.
+    """
+    return is_item_folder(name) and name != EXTRA_ITEM
 
 
 def item_file(name: str) -> str:
@@ -129,3 +148,18 @@ def item_file(name: str) -> str:
 def is_item_file(basename: str) -> bool:
     """Whether a commit record's ``file`` is a plain ``<name>.satchel`` basename (SPEC 8.3)."""
     return bool(_ITEM_FILE.match(basename))
+
+
+def is_item_folder(basename: str) -> bool:
+    """Whether a commit record's ``folder`` may name a sharded item's folder (SPEC 8.15)."""
+    return (
+        bool(_ITEM_NAME.match(basename))
+        and not basename.endswith(_ITEM_SUFFIX)
+        and basename != COMMIT_FILE
+    )
+
+
+def is_item_member(basename: str) -> bool:
+    """Whether a commit record may list ``basename`` as a file of an item folder (SPEC 8.16):
+    a plain name such as a shard, the index, or a distributed item's pieces and layout."""
+    return bool(_MEMBER.match(basename))

@@ -6,7 +6,9 @@ lock from the moment it is made until ``close()`` (SPEC 8.6); reading goes throu
 :class:`CheckpointRoot`, which never locks.
 
 A save that fails in the background is raised by the next ``save``/``wait``/``close``; if the
-process ends first, it is reported on stderr at exit (SPEC 8.14, ``open_writers``).
+process ends first, it is reported on stderr at exit (SPEC 8.14, ``open_writers``). With
+``max_shard_size``, items too large for one shard are written as folders of shards (SPEC 8.15,
+``items``).
 """
 
 from __future__ import annotations
@@ -23,12 +25,12 @@ from .. import retention
 from .._gcpause import paused_gc
 from .._io.atomic import fsync_dir
 from .._io.oserror import make_folder, os_errors
-from .._io.writer import write_plan
-from .._plan import plan_save
+from .._shards.names import parse_size
 from ..errors import CheckpointExistsError, UsageError
 from . import open_writers
 from . import targets as _targets
-from .layout import EXTRA_ITEM, is_temp, item_file, step_name, temp_path, trash_path
+from .items import plan_item, write_item
+from .layout import EXTRA_ITEM, is_temp, step_name, temp_path, trash_path
 from .lock import WriterLock
 from .record import CommitRecord, ItemRecord, write_commit
 from .snapshot import snapshot
@@ -43,6 +45,11 @@ class CheckpointManager:
     A checkpoint survives retention when any policy keeps it: ``keep_last``, ``keep_every``,
     ``keep_best`` and the :class:`~satchel.retention.Policy` objects in ``policies``, in that
     order. With no policy every checkpoint is kept. The root is created if missing.
+
+    With ``max_shard_size`` (bytes, or ``"500MB"``/``"2GiB"`` as transformers spells it; ``save``
+    may override it) an item whose tensors do not fit in one shard is saved as a folder
+    ``<item>/`` of shards and an index in the Hugging Face layout, which ``satchel.load`` and
+    transformers read; smaller items stay one file each.
 
     A manager is the root's one writer: it takes the writer lock when it is made and holds it
     until :meth:`close` (or the end of a ``with`` block, or its process), so a second manager
@@ -62,7 +69,8 @@ class CheckpointManager:
         CheckpointLockedError: another manager holds the root; the message names it (pid,
             host, since when).
         FormatError: the root's lock file is a link or not a regular file.
-        UsageError: a retention argument is out of range or a policy lacks ``name``/``keep``.
+        UsageError: a retention argument is out of range, a policy lacks ``name``/``keep``,
+            or ``max_shard_size`` is not a positive size.
     """
 
     def __init__(
@@ -73,20 +81,32 @@ class CheckpointManager:
         keep_every: int | None = None,
         keep_best: tuple[str, Literal["min", "max"], int] | None = None,
         policies: Iterable[retention.Policy] = (),
+        max_shard_size: int | str | None = None,
+        process_group: Any = None,
     ) -> None:
         self.root = Path(root)
+        # SPEC 10.1: with a process group, save and restore are collective; rank 0 owns the
+        # root (lock, temp folder, commit record) and every rank writes its own pieces.
+        self._group = process_group
+        self._rank = 0 if process_group is None else _rank_in(process_group)
+        self.max_shard_size = None if max_shard_size is None else parse_size(max_shard_size)
         self.policies: tuple[retention.Policy, ...] = _policies(
             keep_last, keep_every, keep_best, policies
         )
-        make_folder(self.root, doing="create the checkpoint root")  # a file here: ENOTDIR
+        if self._rank == 0:
+            make_folder(self.root, doing="create the checkpoint root")  # a file here: ENOTDIR
         self._view = CheckpointRoot(self.root)
         self._thread: threading.Thread | None = None
         # The background save that failed, not yet raised: (step, error).
         self._failed: tuple[int, BaseException] | None = None
         # The last async snapshot, kept after its write to be copied into by the next one.
         self._spare: Any = None
-        with os_errors(self.root, "lock the checkpoint root"):
-            self._lock = WriterLock(self.root)  # last: a refused manager holds nothing
+        self._lock: WriterLock | RankLock
+        if self._rank == 0:
+            with os_errors(self.root, "lock the checkpoint root"):
+                self._lock = WriterLock(self.root)  # last: a refused manager holds nothing
+        else:
+            self._lock = RankLock()  # rank 0 holds the root's lock for the whole group
         open_writers.add(self)
 
     def __repr__(self) -> str:
@@ -102,6 +122,7 @@ class CheckpointManager:
         metrics: Mapping[str, float] | None = None,
         extra: Any = None,
         overwrite: bool = False,
+        max_shard_size: int | str | None = None,
         **items: Any,
     ) -> None:
         """Save ``items`` (models, optimizers, schedulers, ``rng=True``, arrays...) as ``step``.
@@ -109,10 +130,12 @@ class CheckpointManager:
         With ``blocking=False`` the state is first copied to host memory (the caller may change
         its tensors right away) and written by a background thread; at most one save is in
         flight, and a background error is raised by the next ``save``/``wait``/``close``.
+        ``max_shard_size`` overrides the manager's for this save (``None``: the manager's).
 
         Raises:
             CheckpointExistsError: ``step`` exists and ``overwrite`` is false.
-            UsageError: the manager is closed (or was made by the process this one forked from).
+            UsageError: the manager is closed (or was made by the process this one forked from),
+                or ``max_shard_size`` is not a positive size.
             UnsupportedObjectError: an item holds something satchel cannot store.
             OSError: the disk failed; the previous checkpoints are intact.
         """
@@ -122,20 +145,33 @@ class CheckpointManager:
             raise UsageError(f"step must be a non-negative int, got {step!r}")
         if not items:
             raise UsageError("save() needs at least one item, e.g. model=model")
+        limit = self.max_shard_size if max_shard_size is None else parse_size(max_shard_size)
         prepared = {name: _targets.prepare(name, value) for name, value in items.items()}
         if extra is not None:
             prepared[EXTRA_ITEM] = extra
         clean_metrics = _metrics(metrics)
+        if self._group is not None:
+            if not blocking:
+                raise UsageError(
+                    "save(blocking=False) with a process group is not supported yet; save "
+                    "with blocking=True"
+                )
+            from .collective import save_collective
+
+            save_collective(
+                self, step, prepared, metrics=clean_metrics, overwrite=overwrite, group=self._group
+            )
+            return
         if not overwrite:
             _refuse_existing(self.root, step)
         if blocking:
-            self._write(step, prepared, clean_metrics, overwrite)
+            self._write(step, prepared, clean_metrics, overwrite, limit)
             return
         frozen = snapshot(prepared, reuse=self._spare)
         self._spare = None
         self._thread = threading.Thread(
             target=self._background,
-            args=(step, frozen, clean_metrics, overwrite),
+            args=(step, frozen, clean_metrics, overwrite, limit),
             name=f"satchel-save-{step}",
             daemon=False,
         )
@@ -194,10 +230,15 @@ class CheckpointManager:
         raise UsageError(f"{self.root}: this CheckpointManager is closed; make a new one to save")
 
     def _background(
-        self, step: int, items: dict[str, Any], metrics: dict[str, float], overwrite: bool
+        self,
+        step: int,
+        items: dict[str, Any],
+        metrics: dict[str, float],
+        overwrite: bool,
+        limit: int | None,
     ) -> None:
         try:
-            self._write(step, items, metrics, overwrite)
+            self._write(step, items, metrics, overwrite, limit)
         except BaseException as e:  # surfaced by the next save()/wait()/close(), or at exit
             self._failed = (step, e)
         else:
@@ -218,15 +259,36 @@ class CheckpointManager:
         self._lock.release()  # in a child: closes its copy, leaves the parent's lock alone
 
     def _write(
-        self, step: int, items: dict[str, Any], metrics: dict[str, float], overwrite: bool
+        self,
+        step: int,
+        items: dict[str, Any],
+        metrics: dict[str, float],
+        overwrite: bool,
+        limit: int | None,
     ) -> None:
         with paused_gc():  # planning builds many small objects; writing builds none
-            plans = {name: plan_save(value) for name, value in items.items()}
+            plans = [plan_item(name, value, max_shard_size=limit) for name, value in items.items()]
+        tmp, others, kept = self._begin(step, metrics, overwrite)
+        try:
+            with os_errors(self.root, f"save step {step}"):
+                records = {plan.name: write_item(plan, tmp) for plan in plans}
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        self._finish(step, tmp, records, metrics, others, kept)
+
+    def _begin(
+        self, step: int, metrics: Mapping[str, float], overwrite: bool
+    ) -> tuple[Path, list[CheckpointInfo], dict[int, list[str]]]:
+        """Start saving ``step``: clean up, decide retention, make the step's temp folder.
+
+        Returns the temp folder (the caller writes and fsyncs every item into it, then calls
+        :meth:`_finish`, or removes it), the other committed steps and the retention decision.
+        """
         self._check_open()  # held since __init__: no other writer can be at work in the root
         # A disk error anywhere in the save is a SatchelOSError naming the root (DiskFullError...).
         with os_errors(self.root, f"save step {step}"):
             self._clean_temps()
-            final = self.root / step_name(step)
             if not overwrite:
                 _refuse_existing(self.root, step)
             # Decided before anything is written, so a failing user policy costs no files; the
@@ -235,15 +297,26 @@ class CheckpointManager:
             kept = self._decide(others, step, metrics)
             tmp = temp_path(self.root, step)
             os.mkdir(tmp)
+        return tmp, others, kept
+
+    def _finish(  # noqa: PLR0917 - the save's parts in order, as collective.py passes them
+        self,
+        step: int,
+        tmp: Path,
+        records: Mapping[str, ItemRecord],
+        metrics: Mapping[str, float],
+        others: Sequence[CheckpointInfo],
+        kept: Mapping[int, list[str]],
+    ) -> None:
+        """Commit ``step`` from ``tmp``, whose every item file is written and fsynced: the
+        commit record last, the rename (SPEC 8.5), then retention. On an error before the
+        rename ``tmp`` is removed."""
+        with os_errors(self.root, f"save step {step}"):
             try:
-                records = {}
-                for name, plan in plans.items():
-                    written = write_plan(plan, tmp / item_file(name), file_digest=True)
-                    records[name] = ItemRecord(item_file(name), written.size, written.xxh3)
                 names = tuple(p.name for p in self.policies)
                 write_commit(tmp, CommitRecord.new(step, records, metrics, names, self._own(kept)))
                 fsync_dir(tmp)
-                self._commit(tmp, final)
+                self._commit(tmp, self.root / step_name(step))
             except BaseException:
                 shutil.rmtree(tmp, ignore_errors=True)
                 raise
@@ -349,6 +422,10 @@ class CheckpointManager:
             CheckpointNotFoundError: no such (valid) checkpoint.
             StateMismatchError: a model does not fit the saved parameters.
         """
+        if self._group is not None:
+            from .collective import restore_collective
+
+            return restore_collective(self._view, step, targets, self._group)
         return self._view._restore(step, targets)
 
 
@@ -409,3 +486,20 @@ def _metrics(metrics: Mapping[str, float] | None) -> dict[str, float]:
         except (TypeError, ValueError) as e:
             raise UsageError(f"metric {k!r} must be a number, got {v!r}") from e
     return out
+
+
+class RankLock:
+    """What a rank other than 0 holds: nothing on disk (rank 0 holds the root's lock)."""
+
+    def __init__(self) -> None:
+        self.held = True
+        self.pid = os.getpid()
+
+    def release(self) -> None:
+        self.held = False
+
+
+def _rank_in(group: Any) -> int:
+    import torch.distributed as dist
+
+    return int(dist.get_rank(group))

@@ -2,42 +2,39 @@
 
 Its presence makes a folder a checkpoint; the sizes and whole-file xxh3-64 digests it lists
 decide whether that checkpoint is valid. It is JSON (never pickle) with a strict schema, and
-(version 2) ends with its own xxh3-64, so that no damaged record passes for a valid one.
-
-Every file of a step is opened here and only here, never through a link and only if it is a
-regular file (SPEC 8.12): a FIFO or a device named like a checkpoint file must not block or
-feed a reader, and a link must not lead a reader (or a writer's retention) out of the root.
+(version 2) ends with its own xxh3-64, so that no damaged record passes for a valid one. An
+item is one file, or (sharded, SPEC 8.15) a folder whose every file the record lists. The
+record and the files it lists are opened as ``files`` opens every file of a step (SPEC 8.12).
 """
 
 from __future__ import annotations
 
-import errno
 import json
 import math
 import os
 import platform
 import re
-import stat
 import sys
 import time
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import xxhash
 
 from .._format.header import json_object
 from .._format.validate import xxh3_hex
 from .._io.atomic import write_all
 from .._version import __version__
 from ..errors import FormatError, IntegrityError
-from .layout import COMMIT_FILE, is_item_file
+from . import workers
+from .files import digest, open_folder, open_regular, read_at_most, step_folder
+from .layout import COMMIT_FILE, SHARD_INDEX, is_item_file, is_item_folder, is_item_member
 
 __all__ = [
     "CommitRecord",
+    "FileRecord",
     "ItemRecord",
     "check_files",
     "read_commit",
@@ -47,23 +44,51 @@ __all__ = [
 _FORMAT = "satchel-checkpoint"
 _VERSION = 2  # 1: satchel 0.1.0, without record_xxh3 (still read)
 _MAX_RECORD = 16 << 20  # a commit record lists files and numbers; more than 16 MiB is damage
-_CHUNK = 4 << 20  # item files are hashed this many bytes at a time
 # SPEC 8.3: a version 2 record ends with this member; its digest covers every byte before the
 # comma. Only whitespace may follow the object's closing brace.
 _SEAL_KEY = "record_xxh3"
 _SEAL = re.compile(rb',\s*"record_xxh3"\s*:\s*"([0-9a-f]{16})"\s*\}\s*\Z')
-# Read-only, never through a link, never waiting (a FIFO opens at once), never a terminal.
-_FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 @dataclass(frozen=True)
-class ItemRecord:
+class FileRecord:
     """One file of a checkpoint: its basename, size and whole-file xxh3-64."""
 
     file: str
     size: int
     xxh3: str
+
+
+@dataclass(frozen=True)
+class ItemRecord:
+    """One item of a checkpoint: a single file, or a folder (a sharded item, SPEC 8.15: its
+    shards and index; a distributed one, SPEC 10.2: its pieces and layout).
+
+    ``files`` lists every file of the item, each checked on its own (SPEC 8.4); for a folder
+    item they lie in ``folder``.
+    """
+
+    files: tuple[FileRecord, ...]
+    folder: str | None = None
+
+    @staticmethod
+    def single(file: str, size: int, xxh3: str) -> ItemRecord:
+        return ItemRecord((FileRecord(file, size, xxh3),))
+
+    @property
+    def file(self) -> str:
+        """What ``load`` opens, relative to the step folder: the file; for a folder that holds
+        a shard index, that index (never a file added to the folder later); else the folder."""
+        if self.folder is None:
+            return self.files[0].file
+        if any(f.file == SHARD_INDEX for f in self.files):
+            return f"{self.folder}/{SHARD_INDEX}"
+        return self.folder
+
+    @property
+    def size(self) -> int:
+        """The bytes of all its files."""
+        return sum(f.size for f in self.files)
 
 
 @dataclass(frozen=True)
@@ -110,10 +135,7 @@ def write_commit(folder: Path, record: CommitRecord) -> None:
         "time": record.time,
         "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(record.time)),
         "metrics": {k: (v if math.isfinite(v) else None) for k, v in record.metrics.items()},
-        "items": {
-            name: {"file": r.file, "size": r.size, "xxh3": r.xxh3}
-            for name, r in record.items.items()
-        },
+        "items": {name: _item_json(r) for name, r in record.items.items()},
         "versions": dict(record.versions),
         "retention": list(record.retention),
     }
@@ -130,6 +152,11 @@ def write_commit(folder: Path, record: CommitRecord) -> None:
         os.close(fd)
 
 
+def _item_json(item: ItemRecord) -> dict[str, Any]:
+    files = [{"file": f.file, "size": f.size, "xxh3": f.xxh3} for f in item.files]
+    return files[0] if item.folder is None else {"folder": item.folder, "files": files}
+
+
 def read_commit(folder: Path, *, expected_step: int | None) -> CommitRecord:
     """Parse and validate the commit record of ``folder``.
 
@@ -139,15 +166,15 @@ def read_commit(folder: Path, *, expected_step: int | None) -> CommitRecord:
         OSError: the folder or the record cannot be read (``FileNotFoundError``: no folder).
     """
     where = str(folder / COMMIT_FILE)
-    with _step_folder(folder) as dir_fd:
+    with step_folder(folder) as dir_fd:
         try:
-            fd = _open_regular(dir_fd, COMMIT_FILE, where)
+            fd = open_regular(dir_fd, COMMIT_FILE, where)
         except FileNotFoundError as e:
             raise FormatError(f"{where}: no commit record (the save did not finish)") from e
         try:
             if os.fstat(fd).st_size > _MAX_RECORD:
                 raise FormatError(f"{where}: commit record larger than {_MAX_RECORD} bytes")
-            raw = _read_at_most(fd, _MAX_RECORD + 1)
+            raw = read_at_most(fd, _MAX_RECORD + 1)
         finally:
             os.close(fd)
     if len(raw) > _MAX_RECORD:  # it grew after fstat
@@ -230,30 +257,60 @@ def _items(value: Any, where: str) -> dict[str, ItemRecord]:
     out = {}
     for name, rec in value.items():
         at = f"{where}: items[{name!r}]"
+        if isinstance(rec, dict) and set(rec) == {"folder", "files"}:
+            out[name] = _folder_item(rec, at)
+            continue
         if not isinstance(rec, dict) or set(rec) != {"file", "size", "xxh3"}:
-            raise FormatError(f"{at} must have exactly file, size, xxh3")
-        file, size, digest = rec["file"], rec["size"], rec["xxh3"]
+            raise FormatError(f"{at} must have exactly file, size, xxh3 (or folder, files)")
         # Plain basenames only: a record must never point outside its folder.
-        if not isinstance(file, str) or not is_item_file(file):
-            raise FormatError(f"{at}.file {file!r} is not a plain '<name>.satchel' basename")
-        if isinstance(size, bool) or not isinstance(size, int) or not 0 <= size < 2**63:
-            raise FormatError(f"{at}.size {size!r} is not a byte count")
-        if not (isinstance(digest, str) and re.fullmatch(r"[0-9a-f]{16}", digest)):
-            raise FormatError(f"{at}.xxh3 must be 16 lowercase hex digits")
-        out[name] = ItemRecord(file, size, digest)
+        if not isinstance(rec["file"], str) or not is_item_file(rec["file"]):
+            raise FormatError(f"{at}.file {rec['file']!r} is not a plain '<name>.satchel' basename")
+        out[name] = ItemRecord((_file(rec, at),))
     return out
+
+
+def _folder_item(rec: dict[str, Any], at: str) -> ItemRecord:
+    """SPEC 8.16: ``{folder, files}``, every file a plain name in the folder, none twice."""
+    folder, files = rec["folder"], rec["files"]
+    if not isinstance(folder, str) or not is_item_folder(folder):
+        raise FormatError(f"{at}.folder {folder!r} is not a plain item folder name")
+    if not isinstance(files, list) or not files:
+        raise FormatError(f"{at}.files must be a non-empty list")
+    out = []
+    for i, f in enumerate(files):
+        fat = f"{at}.files[{i}]"
+        if not isinstance(f, dict) or set(f) != {"file", "size", "xxh3"}:
+            raise FormatError(f"{fat} must have exactly file, size, xxh3")
+        if not isinstance(f["file"], str) or not is_item_member(f["file"]):
+            raise FormatError(f"{fat}.file {f['file']!r} is not a plain file name")
+        out.append(_file(f, fat))
+    names = [f.file for f in out]
+    if len(set(names)) != len(names):
+        raise FormatError(f"{at}.files lists a file twice")
+    return ItemRecord(tuple(out), folder)
+
+
+def _file(rec: dict[str, Any], at: str) -> FileRecord:
+    size, digest = rec["size"], rec["xxh3"]
+    if isinstance(size, bool) or not isinstance(size, int) or not 0 <= size < 2**63:
+        raise FormatError(f"{at}.size {size!r} is not a byte count")
+    if not (isinstance(digest, str) and re.fullmatch(r"[0-9a-f]{16}", digest)):
+        raise FormatError(f"{at}.xxh3 must be 16 lowercase hex digits")
+    return FileRecord(rec["file"], size, digest)
 
 
 def check_files(folder: Path, record: CommitRecord) -> str | None:
     """Why the files disagree with the record, or ``None`` if the step is valid (SPEC 8.4).
 
     Any failure to read counts against the step (SPEC 8.12), never escapes as an error: a
-    missing, non-regular or unreadable file, another size, another digest.
+    missing, non-regular or unreadable file, another size, another digest. An item folder is
+    opened like the step's, never through a link (SPEC 8.16); its files are checked by
+    ``workers.CHECK_WORKERS`` threads (one: more did not pay).
     """
     try:
-        with _step_folder(folder) as dir_fd:
-            for name, rec in record.items.items():
-                problem = _check_item(dir_fd, name, rec, str(folder / rec.file))
+        with step_folder(folder) as dir_fd:
+            for name, item in record.items.items():
+                problem = _check_item(dir_fd, folder, name, item)
                 if problem is not None:
                     return problem
     except FileNotFoundError:
@@ -263,12 +320,45 @@ def check_files(folder: Path, record: CommitRecord) -> str | None:
     return None
 
 
-def _check_item(dir_fd: int, name: str, rec: ItemRecord, where: str) -> str | None:
-    what = f"item {name!r}: {rec.file}"
+def _check_item(dir_fd: int, folder: Path, name: str, item: ItemRecord) -> str | None:
+    if item.folder is None:
+        (rec,) = item.files
+        return _check_file(dir_fd, name, rec, rec.file, str(folder / rec.file))
+    sub = folder / item.folder
     try:
-        fd = _open_regular(dir_fd, rec.file, where)
+        sub_fd = open_folder(item.folder, sub, dir_fd=dir_fd)
     except FileNotFoundError:
-        return f"item {name!r}: file {rec.file} is missing"
+        return f"item {name!r}: folder {item.folder} is missing"
+    except FormatError as e:
+        return f"item {name!r}: {item.folder}: {e.reason}"
+    except OSError as e:
+        return f"item {name!r}: {item.folder} cannot be read: {e}"
+    try:
+
+        def check(rec: FileRecord) -> None:
+            shown = f"{item.folder}/{rec.file}"
+            problem = _check_file(sub_fd, name, rec, shown, str(sub / rec.file))
+            if problem is not None:
+                raise _Problem(problem)  # no further file is started
+
+        workers.each(check, item.files, workers=workers.CHECK_WORKERS)
+    except _Problem as e:
+        return str(e)
+    finally:
+        os.close(sub_fd)
+    return None
+
+
+class _Problem(Exception):
+    """Why a file of an item folder disagrees with the record (internal to ``_check_item``)."""
+
+
+def _check_file(dir_fd: int, name: str, rec: FileRecord, shown: str, where: str) -> str | None:
+    what = f"item {name!r}: {shown}"
+    try:
+        fd = open_regular(dir_fd, rec.file, where)
+    except FileNotFoundError:
+        return f"item {name!r}: file {shown} is missing"
     except FormatError as e:
         return f"{what}: {e.reason}"
     except OSError as e:
@@ -277,98 +367,10 @@ def _check_item(dir_fd: int, name: str, rec: ItemRecord, where: str) -> str | No
         size = os.fstat(fd).st_size
         if size != rec.size:
             return f"{what} is {size} bytes, record says {rec.size}"
-        if _digest(fd, rec.size) != rec.xxh3:
+        if digest(fd, rec.size) != rec.xxh3:
             return f"{what} does not match its checksum (corrupt)"
     except OSError as e:
         return f"{what} cannot be read: {e}"
     finally:
         os.close(fd)
     return None
-
-
-@contextmanager
-def _step_folder(folder: Path) -> Iterator[int]:
-    """A descriptor of ``folder``, opened without following a link: files are opened in it."""
-    try:
-        fd = os.open(folder, _DIR_FLAGS)
-    except OSError as e:
-        if e.errno not in (errno.ENOTDIR, errno.ELOOP):
-            raise
-        raise FormatError(f"{folder}: is {_kind(folder)}, not a step folder") from e
-    try:
-        yield fd
-    finally:
-        os.close(fd)
-
-
-def _open_regular(dir_fd: int, name: str, where: str) -> int:
-    """Open ``name`` in ``dir_fd`` for reading, refusing anything but a regular file.
-
-    Raises:
-        FormatError: a link, FIFO, folder, device or socket (``reason`` says which).
-        OSError: it cannot be opened (``FileNotFoundError``: there is none).
-    """
-    try:
-        fd = os.open(name, _FILE_FLAGS, dir_fd=dir_fd)
-    except OSError as e:
-        if e.errno not in (errno.ELOOP, errno.EISDIR, errno.ENXIO):
-            raise
-        kind = "a symbolic link" if e.errno == errno.ELOOP else "not openable"
-        kind = "a folder" if e.errno == errno.EISDIR else kind
-        raise _not_regular(where, kind) from e
-    mode = os.fstat(fd).st_mode
-    if not stat.S_ISREG(mode):
-        os.close(fd)
-        raise _not_regular(where, _KINDS.get(stat.S_IFMT(mode), "a special file"))
-    return fd
-
-
-_KINDS = {
-    stat.S_IFDIR: "a folder",
-    stat.S_IFIFO: "a FIFO",
-    stat.S_IFCHR: "a character device",
-    stat.S_IFBLK: "a block device",
-    stat.S_IFSOCK: "a socket",
-    stat.S_IFLNK: "a symbolic link",
-    stat.S_IFREG: "a regular file",
-}
-
-
-def _kind(path: Path) -> str:
-    try:
-        return _KINDS.get(stat.S_IFMT(os.lstat(path).st_mode), "a special file")
-    except OSError:
-        return "not readable"
-
-
-def _not_regular(where: str, kind: str) -> FormatError:
-    reason = f"is {kind}, not a regular file"
-    return FormatError(f"{where}: {reason}", path=where, reason=reason)
-
-
-def _read_at_most(fd: int, limit: int) -> bytes:
-    """Up to ``limit`` bytes from ``fd``: a bound on what a hostile file can make us hold."""
-    parts, left = [], limit
-    while left > 0:
-        chunk = os.read(fd, min(left, _CHUNK))
-        if not chunk:
-            break
-        parts.append(chunk)
-        left -= len(chunk)
-    return b"".join(parts)
-
-
-def _digest(fd: int, size: int) -> str:
-    """xxh3-64 of the first ``size`` bytes of ``fd``, read in chunks (no mapping: a file cut
-    short meanwhile is an error here, not a SIGBUS)."""
-    h = xxhash.xxh3_64()
-    buf = bytearray(min(size, _CHUNK))
-    view = memoryview(buf)
-    done = 0
-    while done < size:
-        n = os.preadv(fd, [view[: min(len(buf), size - done)]], done)
-        if n == 0:
-            raise OSError(errno.EIO, f"file ended after {done} of {size} bytes (cut short)")
-        h.update(view[:n])
-        done += n
-    return h.hexdigest()

@@ -22,7 +22,7 @@ from typing import Any
 from .._rng import capture_rng, restore_rng
 from .._state import LoadReport, load_state
 from ..errors import UsageError
-from .layout import EXTRA_ITEM, check_item_name
+from .layout import COMMIT_FILE, EXTRA_ITEM, check_item_name, item_file
 
 __all__ = ["apply", "prepare"]
 
@@ -35,7 +35,8 @@ def prepare(name: str, value: Any) -> Any:
     """
     if not check_item_name(name):
         raise UsageError(
-            f"item name {name!r} must be letters, digits, '_', '.', '-' and not {EXTRA_ITEM!r}"
+            f"item name {name!r} must be letters, digits, '_', '.', '-', not start with '.' or "
+            f"end in {item_file('')!r}, and not be {EXTRA_ITEM!r} or {COMMIT_FILE!r}"
         )
     if name == "rng" and value is True:
         return capture_rng()
