@@ -48,6 +48,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
@@ -62,6 +63,7 @@ import torch.distributed.checkpoint as dcp
 from torch.distributed.tensor import DTensor, Shard, init_device_mesh
 from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
 
+import satchel
 from satchel._dist.layout import LAYOUT_FILE, parse_layout
 from satchel._dist.ranks import read_into, write_item
 
@@ -168,8 +170,20 @@ def dcp_load(targets: dict[str, Any], folder: Path) -> None:
 
 def satchel_async_save(state: dict[str, Any], folder: Path) -> Future[Any]:
     """Start a distributed save and return once the loop may change ``state`` again; the future
-    is done when the checkpoint is durable. satchel has none yet: fill this in to measure it."""
-    raise NotImplementedError("satchel: not implemented yet")
+    is done when the checkpoint is durable (the manager's ``save(blocking=False)``)."""
+    mgr = satchel.CheckpointManager(folder, process_group=dist.group.WORLD)
+    mgr.save(1, model=state, blocking=False)
+    done: Future[Any] = Future()
+
+    def finish() -> None:
+        try:
+            mgr.close()  # waits for the background write, agreement and commit
+            done.set_result(None)
+        except BaseException as e:
+            done.set_exception(e)
+
+    threading.Thread(target=finish).start()
+    return done
 
 
 def dcp_async_save(state: dict[str, Any], folder: Path) -> Future[Any]:

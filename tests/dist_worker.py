@@ -69,6 +69,17 @@ def main() -> None:
             dist.barrier()
             dist.destroy_process_group()
             return
+    elif mode == "mgr_async":
+        # An async save stalls only for the host copy: changing the tensors right after the
+        # call must not change what is saved; wait() is collective.
+        state = {k: distribute_tensor(want[k], mesh, [placement(p)]) for k, p in names.items()}
+        with satchel.CheckpointManager(folder, process_group=dist.group.WORLD) as mgr:
+            mgr.save(1, model=state, blocking=False)
+            for t in state.values():
+                t.to_local().add_(1)
+            mgr.wait()
+            mgr.save(2, model=state, blocking=False)
+        # close() waited for step 2
     elif mode == "load_state":
         # A single-file checkpoint into a sharded model: each rank copies its own box.
         model = torch.nn.Linear(10, 13, bias=False)

@@ -40,11 +40,22 @@ def run_ranks(world: int, mode: str, folder: Path, spec: dict[str, Any]) -> list
                 text=True,
             )
         )
-    outs = [p.communicate(timeout=120)[0] for p in procs]
+    outs = _collect(procs, timeout=120)
     for rank, p in enumerate(procs):
         want = 3 if rank == spec.get("die_rank") else 0
         assert p.returncode == want, f"rank {rank} exited {p.returncode}:\n" + "\n".join(outs)
     return outs
+
+
+def _collect(procs: list[subprocess.Popen[str]], *, timeout: float) -> list[str]:
+    """Every rank's output; on a timeout every rank is killed (no rank outlives its test)."""
+    try:
+        return [p.communicate(timeout=timeout)[0] for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.communicate()
 
 
 def _save(tmp_path: Path, world: int, placements: dict[str, str]) -> Path:
@@ -188,7 +199,7 @@ def _fsdp(world: int, phase: str, root: Path, out: Path, steps: int) -> None:
         )
         for r in range(world)
     ]
-    outs = [(p, p.communicate(timeout=180)[0]) for p in procs]
+    outs = list(zip(procs, _collect(procs, timeout=180), strict=True))
     for r, (p, out_text) in enumerate(outs):
         assert p.returncode == 0 and "ok" in out_text, f"rank {r}:\n" + "\n".join(
             o for _, o in outs
@@ -221,4 +232,23 @@ def test_spec_10_1_fsdp2_run_saved_on_2_ranks_resumes_on_4(tmp_path: Path) -> No
     )  # fmt: skip
     restored = satchel.CheckpointRoot(root).restore(model=plain)
     assert restored.step == 3 and restored.reports["model"].clean
+    assert satchel.verify(root).ok
+
+
+def test_spec_10_6_async_save_stalls_only_for_the_host_copy(tmp_path: Path) -> None:
+    import torch
+
+    from dist_worker import expected
+
+    root = tmp_path / "run"
+    outs = run_ranks(2, "mgr_async", root, {"placements": {"w": "S0", "v": "S1", "b": "R"}})
+    assert all("ok" in o for o in outs), outs
+    view = satchel.CheckpointRoot(root)
+    assert view.steps() == [1, 2]
+    want = expected()
+    first = view.restore(1).items["model"]
+    second = view.restore(2).items["model"]
+    for k in ("w", "v", "b"):
+        assert torch.equal(first[k], want[k]), k  # as it was when save() returned
+        assert torch.equal(second[k], want[k] + 1), k
     assert satchel.verify(root).ok

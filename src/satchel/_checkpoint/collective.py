@@ -19,7 +19,7 @@ from torch.distributed.checkpoint.state_dict import _init_optim_state
 
 from .._api import load
 from .._dist.layout import LAYOUT_FILE, parse_layout
-from .._dist.ranks import read_into, write_item
+from .._dist.ranks import Pieces, read_into, take_pieces, write_item, write_pieces
 from .._io.atomic import fsync_dir
 from .._tree import unflatten
 from ..errors import CheckpointNotFoundError, SatchelError
@@ -28,7 +28,7 @@ from .layout import EXTRA_ITEM, step_name
 from .record import FileRecord, ItemRecord, read_commit
 from .view import CheckpointRoot, RestoreResult
 
-__all__ = ["restore_collective", "save_collective"]
+__all__ = ["private_group", "restore_collective", "save_collective", "take_all"]
 
 
 def _word(value: Any, group: Any) -> Any:
@@ -47,8 +47,13 @@ def save_collective(
     metrics: dict[str, float],
     overwrite: bool,
     group: Any,
+    taken: dict[str, Pieces] | None = None,
 ) -> None:
-    """Every rank: write its pieces of every item; rank 0 commits (SPEC 10.1-10.3)."""
+    """Every rank: write its pieces of every item; rank 0 commits (SPEC 10.1-10.3).
+
+    ``taken`` are the items' pieces already copied to host memory (an async save takes them
+    on the caller's thread, then runs this in the background on the manager's own group).
+    """
     rank = dist.get_rank(group)
     tmp: Path | None = None
     prepared: Any
@@ -70,7 +75,10 @@ def save_collective(
     try:
         records = {}
         for name, value in items.items():
-            written = write_item(value, folder / name, group=group)
+            if taken is None:
+                written = write_item(value, folder / name, group=group)
+            else:
+                written = write_pieces(taken[name], folder / name, group=group)
             files = tuple(FileRecord(w.name, w.size, w.xxh3) for w in written)
             records[name] = ItemRecord(files, name)
     except BaseException:
@@ -178,3 +186,28 @@ def _into(target: Any, item: Path) -> bool:
 def _init_state(opt: Any) -> None:
     """An optimizer that has not stepped has no state to fill: make it, as DCP does."""
     _init_optim_state(opt)
+
+
+def private_group(group: Any) -> Any:
+    """A gloo group of the same ranks, for a background save's collectives: they must never
+    interleave with the training's own collectives on ``group`` (SPEC 10.6). Made once per
+    group and kept, as torch keeps its groups: creating one is itself a collective."""
+    made = _PRIVATE.get(id(group))
+    if made is not None and made[0] is group:
+        return made[1]
+    ranks = dist.get_process_group_ranks(group)
+    if len(ranks) == dist.get_world_size():
+        new = dist.new_group(ranks=ranks, backend="gloo")
+    else:  # a subgroup: only its members call this, so they alone must agree on it
+        new = dist.new_group(ranks=ranks, backend="gloo", use_local_synchronization=True)
+    _PRIVATE[id(group)] = (group, new)
+    return new
+
+
+_PRIVATE: dict[int, tuple[Any, Any]] = {}  # user group -> its private group, per process
+
+
+def take_all(items: dict[str, Any], group: Any) -> dict[str, Pieces]:
+    """Every item's pieces on this rank, copied to host memory (no collective)."""
+    rank, world = dist.get_rank(group), dist.get_world_size(group)
+    return {name: take_pieces(v, rank=rank, world=world, copy=True) for name, v in items.items()}

@@ -26,7 +26,7 @@ from .._gcpause import paused_gc
 from .._io.atomic import fsync_dir
 from .._io.oserror import make_folder, os_errors
 from .._shards.names import parse_size
-from ..errors import CheckpointExistsError, UsageError
+from ..errors import CheckpointExistsError, SatchelError, UsageError
 from . import open_writers
 from . import targets as _targets
 from .items import plan_item, write_item
@@ -89,24 +89,37 @@ class CheckpointManager:
         # root (lock, temp folder, commit record) and every rank writes its own pieces.
         self._group = process_group
         self._rank = 0 if process_group is None else _rank_in(process_group)
+        self._private: Any = None  # the background saves' own group, made at the first one
         self.max_shard_size = None if max_shard_size is None else parse_size(max_shard_size)
         self.policies: tuple[retention.Policy, ...] = _policies(
             keep_last, keep_every, keep_best, policies
         )
-        if self._rank == 0:
-            make_folder(self.root, doing="create the checkpoint root")  # a file here: ENOTDIR
-        self._view = CheckpointRoot(self.root)
         self._thread: threading.Thread | None = None
         # The background save that failed, not yet raised: (step, error).
         self._failed: tuple[int, BaseException] | None = None
         # The last async snapshot, kept after its write to be copied into by the next one.
         self._spare: Any = None
         self._lock: WriterLock | RankLock
+        failure: BaseException | None = None
         if self._rank == 0:
-            with os_errors(self.root, "lock the checkpoint root"):
-                self._lock = WriterLock(self.root)  # last: a refused manager holds nothing
+            try:
+                make_folder(self.root, doing="create the checkpoint root")  # a file: ENOTDIR
+                with os_errors(self.root, "lock the checkpoint root"):
+                    self._lock = WriterLock(self.root)  # last: a refused manager holds nothing
+            except BaseException as e:
+                failure = e
         else:
             self._lock = RankLock()  # rank 0 holds the root's lock for the whole group
+        if process_group is not None:
+            # The other ranks go on only once rank 0 has the root (made and locked), and all
+            # fail together when it could not: none may wait for a rank 0 that gave up.
+            said = _rank0_says(None if failure is None else str(failure), process_group)
+            if said is not None and failure is None:
+                self._lock.release()
+                raise SatchelError(f"{self.root}: rank 0 could not open the root: {said}")
+        if failure is not None:
+            raise failure
+        self._view = CheckpointRoot(self.root)
         open_writers.add(self)
 
     def __repr__(self) -> str:
@@ -151,16 +164,7 @@ class CheckpointManager:
             prepared[EXTRA_ITEM] = extra
         clean_metrics = _metrics(metrics)
         if self._group is not None:
-            if not blocking:
-                raise UsageError(
-                    "save(blocking=False) with a process group is not supported yet; save "
-                    "with blocking=True"
-                )
-            from .collective import save_collective
-
-            save_collective(
-                self, step, prepared, metrics=clean_metrics, overwrite=overwrite, group=self._group
-            )
+            self._save_collective(step, prepared, clean_metrics, overwrite, blocking)
             return
         if not overwrite:
             _refuse_existing(self.root, step)
@@ -228,6 +232,37 @@ class CheckpointManager:
                 "which this one was forked from; make a CheckpointManager here to save"
             )
         raise UsageError(f"{self.root}: this CheckpointManager is closed; make a new one to save")
+
+    def _save_collective(
+        self,
+        step: int,
+        items: dict[str, Any],
+        metrics: dict[str, float],
+        overwrite: bool,
+        blocking: bool,
+    ) -> None:
+        from .collective import private_group, save_collective, take_all
+
+        if blocking:
+            save_collective(
+                self, step, items, metrics=metrics, overwrite=overwrite, group=self._group
+            )
+            return
+        # SPEC 10.6: each rank stalls only to copy its own pieces to host memory; the writes,
+        # the agreement and the commit run in the background on a group of their own.
+        if self._private is None:
+            self._private = private_group(self._group)
+        taken = take_all(items, self._group)
+        kwargs = {"metrics": metrics, "overwrite": overwrite, "group": self._private}
+
+        def run() -> None:
+            try:
+                save_collective(self, step, items, taken=taken, **kwargs)
+            except BaseException as e:  # surfaced by the next save()/wait()/close()
+                self._failed = (step, e)
+
+        self._thread = threading.Thread(target=run, name=f"satchel-save-{step}", daemon=False)
+        self._thread.start()
 
     def _background(
         self,
@@ -425,6 +460,7 @@ class CheckpointManager:
         if self._group is not None:
             from .collective import restore_collective
 
+            self.wait()  # a background save of this group finishes first, on every rank
             return restore_collective(self._view, step, targets, self._group)
         return self._view._restore(step, targets)
 
@@ -503,3 +539,11 @@ def _rank_in(group: Any) -> int:
     import torch.distributed as dist
 
     return int(dist.get_rank(group))
+
+
+def _rank0_says(word: str | None, group: Any) -> str | None:
+    import torch.distributed as dist
+
+    box = [word]
+    dist.broadcast_object_list(box, src=dist.get_global_rank(group, 0), group=group)
+    return box[0]

@@ -44,7 +44,15 @@ from .layout import (
     piece_key,
 )
 
-__all__ = ["Written", "full_tensors", "read_into", "write_item"]
+__all__ = [
+    "Pieces",
+    "Written",
+    "full_tensors",
+    "read_into",
+    "take_pieces",
+    "write_item",
+    "write_pieces",
+]
 
 
 @dataclass(frozen=True)
@@ -103,6 +111,41 @@ def _owners(leaves: Sequence[Any], world: int) -> list[int]:
     return owner
 
 
+@dataclass
+class Pieces:
+    """What this rank will write of one item, taken without any collective: the structure
+    (the same on every rank), this rank's pieces and where they lie, or why it failed."""
+
+    skeleton: Any = None
+    names: tuple[str, ...] = ()
+    metas: tuple[tuple[dtypes.DType, tuple[int, ...]], ...] = ()
+    mine: dict[str, torch.Tensor] | None = None
+    boxes: list[tuple[int, str, tuple[int, ...], tuple[int, ...]]] | None = None
+    error: str | None = None
+
+
+def take_pieces(state: Any, *, rank: int, world: int, copy: bool) -> Pieces:
+    """This rank's pieces of ``state`` (SPEC 10.2); with ``copy`` they are host copies, so the
+    caller may change its tensors at once (an async save stalls only for this)."""
+    try:
+        flat = flatten(state, is_leaf=_is_tensor)
+        owners = _owners(flat.leaves, world)
+        mine: dict[str, torch.Tensor] = {}
+        boxes = []
+        for i, (x, name) in enumerate(zip(flat.leaves, flat.names, strict=True)):
+            box = _box(x)
+            if not _writes(x, owners[i], rank) or math.prod(box.sizes) == 0:
+                continue
+            key = piece_key(name, box.offsets)
+            local = box.local.detach()
+            mine[key] = local.to("cpu", copy=True) if copy else local.cpu().contiguous()
+            boxes.append((i, key, box.offsets, box.sizes))
+        metas = tuple((_dtype(x), tuple(x.shape)) for x in flat.leaves)
+        return Pieces(flat.skeleton, flat.names, metas, mine, boxes)
+    except Exception as e:  # every rank must hear of it at the gather in write_pieces
+        return Pieces(error=f"rank {rank}: {type(e).__name__}: {e}")
+
+
 def write_item(state: Any, folder: Path, *, group: Any) -> list[Written]:
     """Collective: write this rank's pieces of ``state`` into ``folder`` and, on rank 0, the
     layout. Returns every file of the item (same list on every rank).
@@ -111,28 +154,31 @@ def write_item(state: Any, folder: Path, *, group: Any) -> list[Written]:
         SatchelError: this or another rank failed (every rank raises; nothing is committed).
     """
     rank, world = dist.get_rank(group), dist.get_world_size(group)
-    mine: dict[str, torch.Tensor] = {}
-    boxes: list[tuple[int, str, tuple[int, ...], tuple[int, ...]]] = []
+    return write_pieces(take_pieces(state, rank=rank, world=world, copy=False), folder, group=group)
+
+
+def write_pieces(p: Pieces, folder: Path, *, group: Any) -> list[Written]:
+    """Collective: write ``p`` (from :func:`take_pieces`), agree, and on rank 0 the layout."""
+    rank, world = dist.get_rank(group), dist.get_world_size(group)
     report: dict[str, Any]
-    try:
-        flat = flatten(state, is_leaf=_is_tensor)
-        owners = _owners(flat.leaves, world)
-        for i, (x, name) in enumerate(zip(flat.leaves, flat.names, strict=True)):
-            box = _box(x)
-            if not _writes(x, owners[i], rank) or math.prod(box.sizes) == 0:
-                continue
-            key = piece_key(name, box.offsets)
-            mine[key] = box.local.detach().cpu().contiguous()
-            boxes.append((i, key, box.offsets, box.sizes))
-        files = []
-        if mine:
-            out = write_plan(plan_save(mine), folder / piece_file(rank), file_digest=True)
-            files.append((piece_file(rank), out.size, out.xxh3))
-        # Every rank must save the same structure: its digest travels with the report.
-        shape = json.dumps([flat.skeleton, flat.names, [list(x.shape) for x in flat.leaves]])
-        report = {"ok": True, "files": files, "boxes": boxes, "structure": xxh3_hex(shape.encode())}
-    except Exception as e:  # every rank must hear of it at the gather below, then raise
-        report = {"ok": False, "error": f"rank {rank}: {type(e).__name__}: {e}"}
+    if p.error is not None:
+        report = {"ok": False, "error": p.error}
+    else:
+        try:
+            files = []
+            if p.mine:
+                out = write_plan(plan_save(p.mine), folder / piece_file(rank), file_digest=True)
+                files.append((piece_file(rank), out.size, out.xxh3))
+            # Every rank must save the same structure: its digest travels with the report.
+            shape = json.dumps([p.skeleton, p.names, [list(s) for _, s in p.metas]])
+            report = {
+                "ok": True,
+                "files": files,
+                "boxes": p.boxes,
+                "structure": xxh3_hex(shape.encode()),
+            }
+        except Exception as e:
+            report = {"ok": False, "error": f"rank {rank}: {type(e).__name__}: {e}"}
     reports: list[Any] = [None] * world
     try:
         dist.all_gather_object(reports, report, group=group)
@@ -146,7 +192,7 @@ def write_item(state: Any, folder: Path, *, group: Any) -> list[Written]:
         failed = ["the ranks passed different structures (names, shapes or values) to save"]
     if failed:
         raise SatchelError("distributed save failed, nothing committed: " + "; ".join(failed))
-    pieces: list[list[Piece]] = [[] for _ in flat.leaves]
+    pieces: list[list[Piece]] = [[] for _ in p.names]
     written: list[Written] = []
     for r, rep in enumerate(reports):
         for name, size, digest in rep["files"]:
@@ -154,10 +200,10 @@ def write_item(state: Any, folder: Path, *, group: Any) -> list[Written]:
         for i, key, offsets, sizes in rep["boxes"]:
             pieces[i].append(Piece(piece_file(r), key, tuple(offsets), tuple(sizes)))
     tensors = tuple(
-        TensorLayout(name, _dtype(x), tuple(x.shape), tuple(pieces[i]))
-        for i, (x, name) in enumerate(zip(flat.leaves, flat.names, strict=True))
+        TensorLayout(name, dt, shape, tuple(pieces[i]))
+        for i, (name, (dt, shape)) in enumerate(zip(p.names, p.metas, strict=True))
     )
-    raw = encode_layout(Layout(flat.skeleton, tensors, world))
+    raw = encode_layout(Layout(p.skeleton, tensors, world))
     if rank == 0:
         with atomic_file(folder / LAYOUT_FILE) as fd:
             write_all(fd, raw)
