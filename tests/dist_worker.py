@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 from datetime import timedelta
 from pathlib import Path
@@ -57,7 +58,7 @@ def main() -> None:
             "step": 7,
         }
         if spec.get("die_rank") == rank:
-            os._exit(3)  # dies mid-save, as a SIGKILL would: never reaches the agreement
+            os.kill(os.getpid(), signal.SIGKILL)  # dies mid-save: never reaches the agreement
         if spec.get("fail_rank") == rank:
             state["model"]["w"] = object()  # this rank cannot save: every rank must raise
         try:
@@ -80,6 +81,18 @@ def main() -> None:
             mgr.wait()
             mgr.save(2, model=state, blocking=False)
         # close() waited for step 2
+    elif mode == "mgr_fail":
+        # Step 1 commits; step 2 fails on one rank: every rank raises, step 1 stays the newest.
+        state = {k: distribute_tensor(want[k], mesh, [placement(p)]) for k, p in names.items()}
+        with satchel.CheckpointManager(folder, process_group=dist.group.WORLD) as mgr:
+            mgr.save(1, model=state)
+            bad = dict(state, w=object()) if rank == spec["fail_rank"] else state
+            try:
+                mgr.save(2, model=bad)
+            except satchel.SatchelError as e:
+                print(f"rank {rank} raised {type(e).__name__}", flush=True)
+            restored = mgr.restore(model={k: torch.zeros_like(v) for k, v in state.items()})
+            assert restored.step == 1, restored.step
     elif mode == "load_state":
         # A single-file checkpoint into a sharded model: each rank copies its own box.
         model = torch.nn.Linear(10, 13, bias=False)

@@ -42,7 +42,7 @@ def run_ranks(world: int, mode: str, folder: Path, spec: dict[str, Any]) -> list
         )
     outs = _collect(procs, timeout=120)
     for rank, p in enumerate(procs):
-        want = 3 if rank == spec.get("die_rank") else 0
+        want = -9 if rank == spec.get("die_rank") else 0  # SIGKILL
         assert p.returncode == want, f"rank {rank} exited {p.returncode}:\n" + "\n".join(outs)
     return outs
 
@@ -252,3 +252,15 @@ def test_spec_10_6_async_save_stalls_only_for_the_host_copy(tmp_path: Path) -> N
         assert torch.equal(first[k], want[k]), k  # as it was when save() returned
         assert torch.equal(second[k], want[k] + 1), k
     assert satchel.verify(root).ok
+
+
+def test_spec_10_3_a_failed_save_leaves_the_previous_step_the_one_restore_picks(
+    tmp_path: Path,
+) -> None:
+    root = tmp_path / "run"
+    spec = {"placements": {"w": "S0", "b": "R"}, "fail_rank": 1}
+    outs = run_ranks(2, "mgr_fail", root, spec)
+    assert all("raised SatchelError" in o and "ok" in o for o in outs), outs
+    view = satchel.CheckpointRoot(root)
+    assert view.steps() == [1]
+    assert not [p for p in root.iterdir() if p.name.startswith(".") and p.is_dir()]
