@@ -93,9 +93,7 @@ def _tensor(
     data = whole.reshape(-1).view(np.uint8)
     # The pieces' files record the framework the tensors came from (torch, for ranks).
     first = files[t.pieces[0].file].info(t.pieces[0].key).framework if t.pieces else None
-    return ArrayRef(
-        Storage(data, t.name), t.dtype, t.shape, c_strides(t.shape), 0, framework=first
-    )
+    return ArrayRef(Storage(data, t.name), t.dtype, t.shape, c_strides(t.shape), 0, framework=first)
 
 
 def _read_regular(path: Path, where: str) -> bytes:
@@ -112,5 +110,3 @@ def _read_regular(path: Path, where: str) -> bytes:
 def layout_of(path: Path) -> Layout:
     where = str(path / LAYOUT_FILE)
     return parse_layout(_read_regular(path / LAYOUT_FILE, where), where=where)
-
-
