@@ -32,7 +32,17 @@ ROOT = "satchel"
 # Packages satchel imports only when the user asks for them (pyproject's extras, plus the
 # frameworks whose objects a user may hand over).
 OPTIONAL = frozenset(
-    {"torch", "h5py", "zstandard", "matplotlib", "safetensors", "jax", "tensorflow", "keras"}
+    {
+        "torch",
+        "h5py",
+        "zstandard",
+        "matplotlib",
+        "safetensors",
+        "jax",
+        "tensorflow",
+        "keras",
+        "fsspec",
+    }
 )
 # design.md §3: the commands sit above the face and call the public API.
 FACE_ALLOWED = ("satchel._cli", "satchel.__main__")

@@ -16,7 +16,7 @@ import torch
 from safetensors.numpy import save_file
 
 import satchel
-from satchel._format import header as header_mod
+from satchel._io import reader as reader_mod
 from satchel._read.open import open_path
 from satchel._read.refs import ArrayRef, Deferred
 from satchel._tree import MAX_DEPTH, iter_leaves
@@ -161,15 +161,13 @@ def test_one_depth_cap_for_every_reader(tmp_path: Path) -> None:
 
 def _count_header_parses(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     calls: list[str] = []
-    real = header_mod.parse_header
+    real = reader_mod.read_header  # the one entry: header and manifest, fast path or not
 
     def counting(raw: bytes, **kw: Any) -> Any:
         calls.append(kw.get("where", ""))
         return real(raw, **kw)
 
-    import satchel._io.reader as reader_mod
-
-    monkeypatch.setattr(reader_mod, "parse_header", counting)
+    monkeypatch.setattr(reader_mod, "read_header", counting)
     return calls
 
 

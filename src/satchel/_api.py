@@ -16,8 +16,11 @@ from ._progress import ProgressArg, reporter
 from ._read.file import ArrayFile
 from ._read.materialize import FrameworkName
 from ._read.open import open_path
+from ._remote.url import StorageOptions, is_url
+from ._remote.writer import save_url
 from ._shards.writer import save_sharded
-from .errors import SatchelFileNotFoundError
+from .adapters import is_keras
+from .errors import SatchelFileNotFoundError, UsageError
 from .formats.detect import detect
 
 __all__ = ["detect", "load", "open", "save"]
@@ -31,6 +34,7 @@ def save(
     progress: ProgressArg = None,
     max_shard_size: int | str | None = None,
     prefix: str = "model",
+    storage_options: StorageOptions = None,
 ) -> None:
     """Save a tensor or any nesting of dict/list/tuple/plain values and arrays to ``path``.
 
@@ -43,6 +47,10 @@ def save(
     structure, dtypes, shared tensors and views. The write is atomic: a failure at any point
     leaves the previous file untouched and no temp file behind. ``progress=True`` draws a bar
     on stderr (when it is a terminal); a callable receives ``(bytes_done, bytes_total)``.
+
+    ``path`` may be a URL (``s3://bucket/key``, ``gs://...``, any fsspec URL; SPEC 11) with
+    ``storage_options`` for fsspec (``endpoint_url``, credentials...): the object is uploaded
+    in parallel parts and replaces the old one whole, or the old one stays.
 
     Raises:
         UnsupportedObjectError: ``obj`` holds something satchel cannot store (nothing written).
@@ -57,8 +65,21 @@ def save(
         >>> satchel.save({"w": np.arange(3)}, p); satchel.load(p)["w"].tolist()
         [0, 1, 2]
     """
-    target = Path(path)
     obj, module = _unwrap_module(obj)
+    if is_url(path):
+        save_url(
+            obj,
+            str(path),
+            storage_options=storage_options,
+            metadata=metadata,
+            module=module,
+            max_shard_size=max_shard_size,
+            prefix=prefix,
+            progress=progress,
+        )
+        return
+    _local_only(path, storage_options)
+    target = Path(path)
     if max_shard_size is not None:
         save_sharded(
             obj,
@@ -82,12 +103,23 @@ def save(
     write_plan(plan, target, progress=report)
 
 
+def _local_only(path: str | os.PathLike[str], storage_options: StorageOptions) -> None:
+    if storage_options:
+        raise UsageError(f"{path}: storage_options apply to URLs (s3://...), not to local paths")
+
+
 def _unwrap_module(obj: Any) -> tuple[Any, str | None]:
     """An ``nn.Module`` is saved as its state dict plus its class's import path.
 
     The path is information for people and tools; satchel never imports or calls it. The
-    architecture stays in code: build the model, then ``load_state`` into it.
+    architecture stays in code: build the model, then ``load_state`` into it. A Keras model
+    (or optimizer) is saved as its variables by their stable names (``adapters/keras.py``).
     """
+    if is_keras(obj):
+        from .adapters import keras as keras_adapter
+
+        cls = type(obj)
+        return keras_adapter.state(obj), f"{cls.__module__}.{cls.__qualname__}"
     if "torch" not in sys.modules:
         return obj, None
     import torch
@@ -107,15 +139,18 @@ def load(
     mmap: bool = True,
     verify: bool = True,
     progress: ProgressArg = None,
+    storage_options: StorageOptions = None,
 ) -> Any:
     """Load what ``save`` wrote (or any safetensors file, as a flat dict of NumPy arrays).
 
-    ``framework="auto"`` gives each array the framework it was saved from; ``"numpy"`` or
-    ``"torch"`` force one. ``dtype`` casts floating arrays, ``device`` places torch tensors.
+    ``framework="auto"`` gives each array the framework it was saved from; ``"numpy"``,
+    ``"torch"`` or ``"tensorflow"`` force one. ``dtype`` casts floating arrays, ``device``
+    places torch and TensorFlow tensors.
     With ``mmap=True`` arrays are views of a private copy-on-write mapping of the file (no copy,
     writes never reach the file). With ``verify=True`` every stored tensor is checked against
     its xxh3-64 checksum before anything is returned. ``progress`` is as for :func:`save`
-    (it follows checksum verification, the part of a load that reads the bytes).
+    (it follows checksum verification, the part of a load that reads the bytes). A URL is
+    fetched with parallel ranged reads, configured by ``storage_options`` (SPEC 11).
 
     Raises:
         SatchelFileNotFoundError: no such file.
@@ -132,6 +167,8 @@ def load(
             dtype=dtype,
             mmap=mmap,
             verify=verify,
+            storage_options=storage_options,
+            whole=True,
         ) as f,
     ):
         return f.load(progress=progress)
@@ -145,13 +182,22 @@ def open(
     dtype: Any = None,
     mmap: bool = True,
     verify: bool = True,
+    storage_options: StorageOptions = None,
 ) -> ArrayFile:
     """Open ``path`` lazily: the header is validated now, each tensor read when first used.
 
     Checksums are verified on first access of each stored tensor. Closing the file keeps
     arrays already returned valid (they hold the mapping); reading more after close raises.
+    A URL's header comes in one ranged request and each tensor in its own, large ones in
+    parallel parts; ``storage_options`` go to fsspec (SPEC 11).
     """
     with paused_gc():
         return open_path(
-            path, framework=framework, device=device, dtype=dtype, mmap=mmap, verify=verify
+            path,
+            framework=framework,
+            device=device,
+            dtype=dtype,
+            mmap=mmap,
+            verify=verify,
+            storage_options=storage_options,
         )

@@ -10,6 +10,7 @@ writer in ``_io`` only executes the plan.
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -27,7 +28,7 @@ from ._format.manifest import (
     encode_manifest,
 )
 from ._format.validate import xxh3_hex
-from ._tree import Json, flatten, unique_names
+from ._tree import Flat, Json, flatten, unique_names
 from .adapters import ArrayView, describe, is_array
 from .errors import UnsupportedObjectError
 
@@ -109,13 +110,8 @@ def header_len(plan: Plan) -> int:
     return len(render_header(plan, [PLACEHOLDER_DIGEST] * len(plan.stored)))
 
 
-@dataclass
-class _Store:
-    name: str
-    dtype: dtypes.DType
-    shape: tuple[int, ...]
-    data: np.ndarray[Any, np.dtype[np.uint8]]
-    align: int  # the largest item size of the leaves viewing it
+# The planner's working record of a stored tensor is the plan's own record.
+_Store = StoredTensor
 
 
 def plan_save(
@@ -127,8 +123,8 @@ def plan_save(
         UnsupportedObjectError: for anything satchel cannot store; nothing is written then.
     """
     meta = _check_metadata(metadata)
-    flat = flatten(obj, is_leaf=is_array)
-    views = [describe(x, where=name) for x, name in zip(flat.leaves, flat.names, strict=True)]
+    flat = _state_dict(obj) or flatten(obj, is_leaf=is_array)
+    views = _describe_all(flat.leaves, flat.names)
     names = unique_names(flat.names, reserved=_RESERVED)
     stores: list[_Store] = []
     leaves: list[Leaf | None] = [None] * len(views)
@@ -145,6 +141,37 @@ def plan_save(
         else:
             _plan_shared(group, views, names, stores, leaves)
     return _layout(flat.skeleton, [x for x in leaves if x is not None], stores, meta, module)
+
+
+def _describe_all(leaves: Sequence[Any], names: Sequence[str]) -> list[ArrayView]:
+    """``describe`` of every leaf; plain torch tensors go straight to the torch adapter (the
+    generic dispatch re-imports it per call, which shows at 50,000 tensors)."""
+    if "torch" not in sys.modules:
+        return [describe(x, where=name) for x, name in zip(leaves, names, strict=True)]
+    import torch  # noqa: PLC0415 - already imported: the user's leaves are torch tensors
+
+    from .adapters import torch as torch_adapter  # noqa: PLC0415 - imports torch at its top
+
+    direct = (torch.Tensor, torch.nn.Parameter)
+    return [
+        torch_adapter.describe(x, where=name) if type(x) in direct else describe(x, where=name)
+        for x, name in zip(leaves, names, strict=True)
+    ]
+
+
+def _state_dict(obj: Any) -> Flat | None:
+    """What :func:`flatten` makes of a plain dict of str keys to distinct arrays (a state dict,
+    the most common thing saved), in one pass instead of a walk; None for anything else."""
+    if type(obj) is not dict or not obj:
+        return None
+    keys = list(obj)
+    values = list(obj.values())
+    if not all(type(k) is str for k in keys) or not all(map(is_array, values)):
+        return None
+    if len(set(map(id, values))) != len(values):
+        return None  # tied arrays: the walk stores each once
+    skeleton = {"$dict": [[k, {"$t": i}] for i, k in enumerate(keys)]}
+    return Flat(skeleton, tuple(values), tuple(keys))
 
 
 def _check_metadata(metadata: Mapping[str, str] | None) -> dict[str, str]:
@@ -294,15 +321,21 @@ def _layout(
 ) -> Plan:
     # SPEC 2.2: larger item sizes first; every size divides the ones before it and each tensor's
     # byte length is a multiple of its item size, so each start stays aligned with no padding.
-    ordered = sorted((_padded(s) for s in stores), key=lambda s: -s.align)
+    if any(s.data.nbytes % s.align for s in stores):
+        stores = [_padded(s) for s in stores]
+    ordered = sorted(stores, key=_by_align)  # stable: equal item sizes keep their order
     entries: list[Entry] = []
     pos = 0
     for s in ordered:
-        wire_dt, wire_shape = (s.dtype, s.shape) if s.dtype.wire else (_U8, (s.data.nbytes,))
-        entries.append(Entry(s.name, wire_dt, wire_shape, pos, pos + s.data.nbytes))
-        pos += s.data.nbytes
-    stored = tuple(StoredTensor(s.name, s.dtype, s.shape, s.data, s.align) for s in ordered)
-    return Plan(tuple(entries), stored, tuple(leaves), skeleton, meta, module)
+        n = s.data.nbytes
+        wire_dt, wire_shape = (s.dtype, s.shape) if s.dtype.wire else (_U8, (n,))
+        entries.append(Entry(s.name, wire_dt, wire_shape, pos, pos + n))
+        pos += n
+    return Plan(tuple(entries), tuple(ordered), tuple(leaves), skeleton, meta, module)
+
+
+def _by_align(s: StoredTensor) -> int:
+    return -s.align
 
 
 def plan_flat(
@@ -321,5 +354,5 @@ def plan_flat(
         for s in stored
     ]
     skeleton = {"$dict": [[s.name, {"$t": i}] for i, s in enumerate(stored)]}
-    stores = [_Store(s.name, s.dtype, s.shape, s.data, s.align) for s in stored]
+    stores = list(stored)
     return _layout(skeleton, leaves, stores, dict(metadata), None)

@@ -18,8 +18,10 @@ import numpy as np
 from ._api import load
 from ._read.file import ArrayFile
 from ._read.open import open_path
-from .adapters import is_array
+from .adapters import is_array, is_keras
 from .errors import StateMismatchError, UsageError
+from .formats.detect import sniffed
+from .formats.tensorflow import object_paths
 
 __all__ = ["LoadReport", "Mismatch", "load_state"]
 
@@ -73,24 +75,33 @@ def load_state(
     exclude: Sequence[str] | None = None,
     rename: Rename = None,
     skip_mismatched: bool = False,
+    storage_options: Mapping[str, Any] | None = None,
 ) -> LoadReport:
     """Copy arrays from ``source`` into ``target`` in place and report what happened.
 
     ``target`` is a ``torch.nn.Module`` (parameters and persistent buffers), a torch optimizer
-    (its ``load_state_dict`` is used), or a mutable mapping of arrays. ``source`` is a path or
-    a mapping (nested mappings are flattened to dotted names). ``include``/``exclude`` are glob
-    patterns on source names; ``rename`` maps source-name prefixes (``{"hidden.":
-    "encoder.0."}``) or is a callable. Target entries not loaded keep their current values.
+    (its ``load_state_dict`` is used), a built Keras 3 model, layer or optimizer (its variables,
+    named as in ``adapters/keras.py``; a ``.weights.h5`` or ``.keras`` file's names are
+    understood too), or a mutable mapping of arrays (TensorFlow variables are assigned).
+    ``source`` is a path or a mapping (nested mappings are flattened to dotted names).
+    ``include``/``exclude`` are glob patterns on source names; ``rename`` maps source-name
+    prefixes (``{"hidden.": "encoder.0."}``) or is a callable. Target entries not loaded keep
+    their current values.
+    A URL ``source`` (``s3://...``) is read tensor by tensor; ``storage_options`` go to fsspec.
 
     Raises:
         StateMismatchError: ``strict`` and something is missing, unexpected or mismatched
             (mismatches are only reported when ``skip_mismatched``); nothing was copied.
     """
+    if is_keras(target):
+        return _load_keras(
+            target, source, storage_options, strict, include, exclude, rename, skip_mismatched
+        )
     if hasattr(target, "load_state_dict") and hasattr(target, "param_groups"):
-        return _load_optimizer(target, source)
+        return _load_optimizer(target, source, storage_options)
     dst = _target_arrays(target)
     if not isinstance(source, Mapping):
-        with open_path(source) as f:
+        with open_path(source, storage_options=storage_options) as f:
             return _load_streaming(
                 target, dst, f, strict, include, exclude, rename, skip_mismatched
             )
@@ -149,10 +160,54 @@ def _load_streaming(  # noqa: PLR0917 - private: load_state passes its own optio
     return report
 
 
-def _as_mapping(source: str | os.PathLike[str] | Mapping[str, Any]) -> Mapping[str, Any]:
+def _load_keras(  # noqa: PLR0917 - private: load_state passes its own options through
+    target: Any,
+    source: str | os.PathLike[str] | Mapping[str, Any],
+    options: Mapping[str, Any] | None,
+    strict: bool,
+    include: Sequence[str] | None,
+    exclude: Sequence[str] | None,
+    rename: Rename,
+    skip_mismatched: bool,
+) -> LoadReport:
+    """Variables of a Keras model or optimizer, matched by name or by another writer's name
+    for them: a ``.weights.h5``/``.keras`` file's, or a TensorFlow checkpoint's object paths."""
+    from .adapters import keras as keras_adapter
+
+    # A TF2 checkpoint names each variable by the first path TF's walk met it on, often
+    # through the optimizer ("optimizer/_trainable_variables/0"); any of its paths may match.
+    paths: Mapping[str, list[str]] = {}
+    if (
+        isinstance(source, (str, os.PathLike))
+        and "://" not in str(source)
+        and sniffed(source, refine=False) == "tensorflow"
+    ):
+        paths = object_paths(source)
+    dst, aliases = keras_adapter.variables(target, tf_paths=bool(paths))  # unbuilt: fails now
+    src = _flatten(_as_mapping(source, options))
+    user = _renamer(rename)
+
+    def to_target(name: str) -> str:
+        for candidate in (name, *paths.get(name, ())):
+            renamed = user(candidate)
+            found = aliases.get(renamed, renamed)
+            if found in dst:
+                return found
+        return aliases.get(user(name), user(name))
+
+    report, pairs = _match(dst, src, include, exclude, to_target)
+    _refuse(target, report, strict, skip_mismatched)
+    for name, value in pairs:
+        _copy_into(dst[name], value)
+    return report
+
+
+def _as_mapping(
+    source: str | os.PathLike[str] | Mapping[str, Any], options: Mapping[str, Any] | None = None
+) -> Mapping[str, Any]:
     if isinstance(source, Mapping):
         return source
-    loaded = load(source)
+    loaded = load(source, storage_options=options)
     if not isinstance(loaded, Mapping):
         raise UsageError(f"{source}: holds a {type(loaded).__name__}, not a mapping of arrays")
     return loaded
@@ -243,13 +298,19 @@ def _is_tensor(x: Any) -> bool:
 
 
 def _describe(x: Any) -> str:
-    dtype = str(x.dtype).removeprefix("torch.")  # TensorInfo's dtype is the bare name
-    return f"{dtype}{list(x.shape)}"
+    dt = x.dtype  # a str (TensorInfo, Keras), np.dtype, tf.DType (both .name) or torch.dtype
+    name = dt if isinstance(dt, str) else getattr(dt, "name", None) or str(dt)
+    return f"{name.removeprefix('torch.')}{[int(n) for n in x.shape]}"
 
 
 def _copy_into(dst: Any, value: Any) -> None:
     if isinstance(dst, np.ndarray):
         np.copyto(dst, np.asarray(value))
+        return
+    if type(dst).__module__.startswith(("tensorflow", "keras")):
+        # tf.Variable or Keras Variable: assign takes NumPy arrays and TensorFlow tensors.
+        tf_or_np = type(value).__module__.startswith(("tensorflow", "numpy"))
+        dst.assign(value if tf_or_np else np.asarray(value))
         return
     import torch
 
@@ -274,8 +335,10 @@ def _local_box(dst: Any) -> tuple[Any, tuple[slice, ...]]:
     return dst.to_local(), box
 
 
-def _load_optimizer(opt: Any, source: str | os.PathLike[str] | Mapping[str, Any]) -> LoadReport:
-    state = _as_mapping(source)
+def _load_optimizer(
+    opt: Any, source: str | os.PathLike[str] | Mapping[str, Any], options: Mapping[str, Any] | None
+) -> LoadReport:
+    state = _as_mapping(source, options)
     try:
         opt.load_state_dict(state)
     except (ValueError, KeyError, TypeError) as e:

@@ -20,10 +20,13 @@ from ._checkpoint import (
     step_of,
 )
 from ._checkpoint import is_root as is_checkpoint_root
+from ._checkpoint.remote import RemoteManager
 from ._io.atomic import stale_temps
 from ._progress import ProgressArg, reporter
+from ._read.file import ArrayFile
 from ._read.open import open_path
-from .errors import IntegrityError, SatchelError
+from ._remote.url import StorageOptions, is_url
+from .errors import IntegrityError, SatchelError, UsageError
 from .formats.detect import sniffed
 
 __all__ = ["Problem", "VerifyReport", "verify"]
@@ -61,17 +64,28 @@ class VerifyReport:
         return self.status == "ok"
 
 
-def verify(path: str | os.PathLike[str], *, progress: ProgressArg = None) -> VerifyReport:
+def verify(
+    path: str | os.PathLike[str],
+    *,
+    progress: ProgressArg = None,
+    storage_options: StorageOptions = None,
+) -> VerifyReport:
     """Check ``path`` completely and report every problem found (never raises for bad data).
 
     A satchel file: header, manifest and every tensor's xxh3-64. A plain safetensors file: the
     structure (it has no checksums: ``checksummed`` is False). A checkpoint root or step folder
     (see CheckpointManager): every checkpoint's commit record and files. Other formats: a full
-    read with their own checks (TensorFlow's crc32c, zip CRCs).
+    read with their own checks (TensorFlow's crc32c, zip CRCs). A URL (a satchel/safetensors
+    object or a sharded folder, SPEC 11) is fetched with parallel ranged reads, configured by
+    ``storage_options``.
 
     Raises:
         SatchelFileNotFoundError: the path does not exist.
     """
+    if is_url(path):
+        return _verify_url(str(path), progress, storage_options)
+    if storage_options:
+        raise UsageError(f"{path}: storage_options apply to URLs (s3://...), not to local paths")
     p = Path(path)
     if is_checkpoint_root(p):
         report = _verify_root(p, progress)
@@ -104,10 +118,30 @@ def _verify_file(p: Path, progress: ProgressArg) -> VerifyReport:
         native = fmt in ("unknown", *_NATIVE)
         status: Status = "corrupt" if isinstance(e, IntegrityError) and not native else "unreadable"
         return VerifyReport(str(p), fmt, status, 0, (Problem(str(p), str(e)),), native)
+    return _verify_open(f, str(p), p.name, progress)
+
+
+def _verify_url(url: str, progress: ProgressArg, options: StorageOptions) -> VerifyReport:
+    try:
+        f = open_path(url, storage_options=options, whole=True)
+    except IntegrityError as e:
+        return VerifyReport(url, "unknown", "corrupt", 0, (Problem(url, str(e)),))
+    except SatchelError as e:
+        # Not a file nor a sharded folder: a checkpoint root in object storage (SPEC 11.9)?
+        infos = tuple(RemoteManager(url, storage_options=options).checkpoints(verify=True))
+        if not infos:
+            return VerifyReport(url, "unknown", "unreadable", 0, (Problem(url, str(e)),))
+        problems = tuple(Problem(f"step {i.step}", i.problem) for i in infos if i.problem)
+        status: Status = "corrupt" if problems else "ok"
+        return VerifyReport(url, "checkpoint-root", status, len(infos), problems, True, infos)
+    return _verify_open(f, url, url.rstrip("/").rpartition("/")[2], progress)
+
+
+def _verify_open(f: ArrayFile, where: str, name: str, progress: ProgressArg) -> VerifyReport:
     with f:
         storages = f.storages()
         total = sum(s.nbytes for s in storages)
-        report = reporter(progress, total, f"verifying {p.name}")
+        report = reporter(progress, total, f"verifying {name}")
         problems, done = [], 0
         for s in storages:
             try:
@@ -123,14 +157,14 @@ def _verify_file(p: Path, progress: ProgressArg) -> VerifyReport:
             try:
                 f.load()
             except IntegrityError as e:
-                problems.append(Problem(e.field or str(p), str(e)))
+                problems.append(Problem(e.field or where, str(e)))
             except SatchelError as e:
-                fail = (Problem(str(p), str(e)),)
-                return VerifyReport(str(p), f.format, "unreadable", 0, fail, f.checksummed)
-    status = "corrupt" if problems else "ok"
+                fail = (Problem(where, str(e)),)
+                return VerifyReport(where, f.format, "unreadable", 0, fail, f.checksummed)
+    status: Status = "corrupt" if problems else "ok"
     # Stored tensors for satchel's own files (tied weights count once); arrays for the rest.
     checked = len(storages) if f.format in _NATIVE else len(f)
-    return VerifyReport(str(p), f.format, status, checked, tuple(problems), f.checksummed)
+    return VerifyReport(where, f.format, status, checked, tuple(problems), f.checksummed)
 
 
 def _verify_root(p: Path, progress: ProgressArg) -> VerifyReport:

@@ -10,6 +10,7 @@ failure anywhere makes every rank raise and nothing is committed.
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 from pathlib import Path
 from typing import Any
@@ -18,12 +19,17 @@ import torch.distributed as dist
 from torch.distributed.checkpoint.state_dict import _init_optim_state
 
 from .._api import load
-from .._dist.layout import LAYOUT_FILE, parse_layout
-from .._dist.ranks import Pieces, read_into, take_pieces, write_item, write_pieces
+from .._dist.layout import LAYOUT_FILE, MAX_LAYOUT, parse_layout, pool_file_of, pool_piece
+from .._dist.ranks import Pieces, read_into, take_pieces, write_pieces
 from .._io.atomic import fsync_dir
+from .._io.writer import write_plan
+from .._plan import digests, plan_save
+from .._shards.pool import POOL_DIR, pool_file_name
 from .._tree import unflatten
 from ..errors import CheckpointNotFoundError, SatchelError
 from . import targets as _targets
+from .files import open_folder, open_regular, read_at_most
+from .incremental import Pool, make_pool_folder, newest_committed
 from .layout import EXTRA_ITEM, step_name
 from .record import FileRecord, ItemRecord, read_commit
 from .view import CheckpointRoot, RestoreResult
@@ -48,6 +54,7 @@ def save_collective(
     overwrite: bool,
     group: Any,
     taken: dict[str, Pieces] | None = None,
+    incremental: bool = False,
 ) -> None:
     """Every rank: write its pieces of every item; rank 0 commits (SPEC 10.1-10.3).
 
@@ -57,28 +64,36 @@ def save_collective(
     rank = dist.get_rank(group)
     tmp: Path | None = None
     prepared: Any
+    said: Any = None
     if rank == 0:
         try:
             prepared = mgr._begin(step, metrics, overwrite)
             tmp = prepared[0]
             for name in items:
                 os.mkdir(tmp / name)
+            newest = newest_committed(prepared[1]) if incremental else None
+            if incremental:
+                make_pool_folder(mgr.root)  # once, before any rank writes into it
+            said = (str(tmp), None if newest is None else str(newest[0]))
         except Exception as e:  # the others must hear of it before they write anything
-            prepared = f"rank 0: {type(e).__name__}: {e}"
-    else:
-        prepared = None
-    said = str(prepared[0]) if isinstance(prepared, tuple) else prepared
-    word = _word(said if rank == 0 else None, group)
-    if isinstance(word, str) and not word.startswith("/"):
+            said = f"rank 0: {type(e).__name__}: {e}"
+    word = _word(said, group)
+    if isinstance(word, str):
         raise SatchelError(f"distributed save of step {step} failed, nothing committed: {word}")
-    folder = Path(word)
+    folder = Path(word[0])
+    placers: list[_Placer] = []
     try:
         records = {}
         for name, value in items.items():
+            placer = None
+            if incremental:
+                placer = _Placer(folder.parent, step, word[1], name, rank)
+                placers.append(placer)
             if taken is None:
-                written = write_item(value, folder / name, group=group)
+                pieces = take_pieces(value, rank=rank, world=dist.get_world_size(group), copy=False)
             else:
-                written = write_pieces(taken[name], folder / name, group=group)
+                pieces = taken[name]
+            written = write_pieces(pieces, folder / name, group=group, pool=placer)
             files = tuple(FileRecord(w.name, w.size, w.xxh3) for w in written)
             records[name] = ItemRecord(files, name)
     except BaseException:
@@ -91,7 +106,10 @@ def save_collective(
         try:
             for name in items:
                 fsync_dir(folder / name)
-            mgr._finish(step, folder, records, metrics, prepared[1], prepared[2])
+            pool = _referenced(placers)
+            if pool:
+                fsync_dir(folder.parent / POOL_DIR)  # every rank's pool files, durably named
+            mgr._finish(step, folder, records, metrics, prepared[1], prepared[2], pool)
         except Exception as e:
             shutil.rmtree(folder, ignore_errors=True)
             outcome = f"rank 0: {type(e).__name__}: {e}"
@@ -211,3 +229,92 @@ def take_all(items: dict[str, Any], group: Any) -> dict[str, Pieces]:
     """Every item's pieces on this rank, copied to host memory (no collective)."""
     rank, world = dist.get_rank(group), dist.get_world_size(group)
     return {name: take_pieces(v, rank=rank, world=world, copy=True) for name, v in items.items()}
+
+
+class _Placer:
+    """One rank's incremental placement of one item's pieces (SPEC 10.7): a piece the newest
+    committed step stored in the pool under the same key, with the same bytes, is reused;
+    the others go into one new pool file of this rank."""
+
+    def __init__(self, root: Path, step: int, newest: str | None, item: str, rank: int) -> None:
+        self.step, self.rank = step, rank
+        self.previous: dict[str, str] = {}
+        known = None
+        if newest is not None:
+            folder = Path(newest)
+            try:
+                record = read_commit(folder, expected_step=None)
+                raw = _layout_bytes(folder / item / LAYOUT_FILE)
+                layout = parse_layout(raw, where=str(folder / item / LAYOUT_FILE))
+            except (SatchelError, OSError):
+                pass  # nothing to reuse from a step this rank cannot read
+            else:
+                known = (folder, record)
+                for t in layout.tensors:
+                    for p in t.pieces:
+                        file = pool_file_of(p.file)
+                        if file is not None:
+                            self.previous[p.key] = file
+        self.pool = Pool(root, step, known)
+        self.written: list[tuple[str, int, str]] = []
+        self.reused: set[str] = set()
+
+    def place(
+        self, mine: dict[str, Any]
+    ) -> tuple[dict[str, str], list[tuple[str, int, str]], list[str]]:
+        plan = plan_save(mine)
+        sums = dict(zip((s.name for s in plan.stored), digests(plan), strict=True))
+        stored = {s.name: s for s in plan.stored}
+        where: dict[str, str] = {}
+        reused: set[str] = set()
+        new: dict[str, Any] = {}
+        for key, leaf in zip(mine, plan.leaves, strict=True):
+            file = self.previous.get(key)
+            whole = leaf.data == key and leaf.strides is None and leaf.offset == 0
+            if file is not None and whole and self.pool.confirm(file, key, stored[key], sums[key]):
+                where[key] = pool_piece(file)
+                reused.add(file)
+            else:
+                new[key] = mine[key]
+        written = []
+        if new:
+            name = pool_file_name(self.step, secrets.token_hex(4), self.rank + 1)
+            out = write_plan(
+                plan_save(new), self.pool.blobs / name, file_digest=True, sync_folder=False
+            )
+            written.append((name, out.size, out.xxh3))
+            where.update((k, pool_piece(name)) for k in new)
+        self.pool.close()
+        return where, written, sorted(reused)
+
+    def gathered(self, written: list[tuple[str, int, str]], reused: set[str]) -> None:
+        self.written, self.reused = written, reused
+
+    def records(self) -> dict[str, FileRecord]:
+        out = {name: FileRecord(name, size, digest) for name, size, digest in self.written}
+        for file in self.reused:
+            known = self.pool.known_file(file)
+            if known is not None:
+                out.setdefault(file, known)
+        return out
+
+
+def _referenced(placers: list[_Placer]) -> tuple[FileRecord, ...]:
+    """Every pool file the step references, for its commit record (rank 0)."""
+    out: dict[str, FileRecord] = {}
+    for p in placers:
+        out.update(p.records())
+    return tuple(out[k] for k in sorted(out))
+
+
+def _layout_bytes(path: Path) -> bytes:
+    """An item's layout, opened as every file of a step (SPEC 8.12), bounded by its cap."""
+    dir_fd = open_folder(path.parent, path.parent)
+    try:
+        fd = open_regular(dir_fd, path.name, str(path))
+    finally:
+        os.close(dir_fd)
+    try:
+        return read_at_most(fd, MAX_LAYOUT + 1)
+    finally:
+        os.close(fd)

@@ -8,7 +8,9 @@ lock from the moment it is made until ``close()`` (SPEC 8.6); reading goes throu
 A save that fails in the background is raised by the next ``save``/``wait``/``close``; if the
 process ends first, it is reported on stderr at exit (SPEC 8.14, ``open_writers``). With
 ``max_shard_size``, items too large for one shard are written as folders of shards (SPEC 8.15,
-``items``).
+``items``). With ``incremental=True`` a save writes only the tensors the newest committed step
+did not store; the rest are referenced in the root's pool (SPEC 8.17-8.19, ``incremental``),
+whose unreferenced files are collected under the lock (``collect``).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import os
 import shutil
 import threading
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -25,14 +28,18 @@ from .. import retention
 from .._gcpause import paused_gc
 from .._io.atomic import fsync_dir
 from .._io.oserror import make_folder, os_errors
+from .._remote.url import is_url
 from .._shards.names import parse_size
 from ..errors import CheckpointExistsError, SatchelError, UsageError
 from . import open_writers
 from . import targets as _targets
+from .collect import collect
+from .incremental import Pool, newest_committed
 from .items import plan_item, write_item
 from .layout import EXTRA_ITEM, is_temp, step_name, temp_path, trash_path
 from .lock import WriterLock
-from .record import CommitRecord, ItemRecord, write_commit
+from .record import CommitRecord, FileRecord, ItemRecord, write_commit
+from .remote import RemoteManager
 from .snapshot import snapshot
 from .view import CheckpointInfo, CheckpointRoot, RestoreResult, with_newest
 
@@ -50,6 +57,13 @@ class CheckpointManager:
     may override it) an item whose tensors do not fit in one shard is saved as a folder
     ``<item>/`` of shards and an index in the Hugging Face layout, which ``satchel.load`` and
     transformers read; smaller items stay one file each.
+
+    With ``incremental=True`` (or ``save(..., incremental=True)``) a tensor whose bytes the
+    newest committed step already stored is not written again: each item holding tensors is
+    an index into the root's pool folder ``blobs/``, where a save adds only the tensors it did
+    not find (same length and xxh3-64, then the same bytes). A fine-tuning run whose frozen
+    backbone is most of the state writes the backbone once. Every step still loads, verifies
+    and converts on its own; retention deletes a pool file once no kept step references it.
 
     A manager is the root's one writer: it takes the writer lock when it is made and holds it
     until :meth:`close` (or the end of a ``with`` block, or its process), so a second manager
@@ -70,8 +84,15 @@ class CheckpointManager:
             host, since when).
         FormatError: the root's lock file is a link or not a regular file.
         UsageError: a retention argument is out of range, a policy lacks ``name``/``keep``,
-            or ``max_shard_size`` is not a positive size.
+            or ``max_shard_size`` is not a positive size, or ``incremental`` is not a bool.
     """
+
+    def __new__(cls, root: Any = None, *args: Any, **kwargs: Any) -> Any:
+        # SPEC 11.9: a URL root (s3://...) is a root in object storage, kept by RemoteManager
+        # (no rename there: a commit record written last); storage_options= go to fsspec.
+        if is_url(root):
+            return RemoteManager(str(root), *args, **kwargs)
+        return super().__new__(cls)
 
     def __init__(
         self,
@@ -83,8 +104,13 @@ class CheckpointManager:
         policies: Iterable[retention.Policy] = (),
         max_shard_size: int | str | None = None,
         process_group: Any = None,
+        incremental: bool = False,
+        storage_options: Mapping[str, Any] | None = None,
     ) -> None:
+        if storage_options:  # a URL root never gets here (__new__): SPEC 11.9
+            raise UsageError(f"{root}: storage_options apply to URL roots (s3://...) only")
         self.root = Path(root)
+        self.incremental = _flag(incremental, "incremental")
         # SPEC 10.1: with a process group, save and restore are collective; rank 0 owns the
         # root (lock, temp folder, commit record) and every rank writes its own pieces.
         self._group = process_group
@@ -136,6 +162,7 @@ class CheckpointManager:
         extra: Any = None,
         overwrite: bool = False,
         max_shard_size: int | str | None = None,
+        incremental: bool | None = None,
         **items: Any,
     ) -> None:
         """Save ``items`` (models, optimizers, schedulers, ``rng=True``, arrays...) as ``step``.
@@ -143,7 +170,8 @@ class CheckpointManager:
         With ``blocking=False`` the state is first copied to host memory (the caller may change
         its tensors right away) and written by a background thread; at most one save is in
         flight, and a background error is raised by the next ``save``/``wait``/``close``.
-        ``max_shard_size`` overrides the manager's for this save (``None``: the manager's).
+        ``max_shard_size`` and ``incremental`` override the manager's for this save (``None``:
+        the manager's).
 
         Raises:
             CheckpointExistsError: ``step`` exists and ``overwrite`` is false.
@@ -159,23 +187,27 @@ class CheckpointManager:
         if not items:
             raise UsageError("save() needs at least one item, e.g. model=model")
         limit = self.max_shard_size if max_shard_size is None else parse_size(max_shard_size)
+        inc = self.incremental if incremental is None else _flag(incremental, "incremental")
+        how = _How(limit, inc)
         prepared = {name: _targets.prepare(name, value) for name, value in items.items()}
         if extra is not None:
             prepared[EXTRA_ITEM] = extra
         clean_metrics = _metrics(metrics)
         if self._group is not None:
-            self._save_collective(step, prepared, clean_metrics, overwrite, blocking)
+            self._save_collective(
+                step, prepared, clean_metrics, overwrite, blocking, incremental=inc
+            )
             return
         if not overwrite:
             _refuse_existing(self.root, step)
         if blocking:
-            self._write(step, prepared, clean_metrics, overwrite, limit)
+            self._write(step, prepared, clean_metrics, overwrite, how)
             return
         frozen = snapshot(prepared, reuse=self._spare)
         self._spare = None
         self._thread = threading.Thread(
             target=self._background,
-            args=(step, frozen, clean_metrics, overwrite, limit),
+            args=(step, frozen, clean_metrics, overwrite, how),
             name=f"satchel-save-{step}",
             daemon=False,
         )
@@ -240,12 +272,20 @@ class CheckpointManager:
         metrics: dict[str, float],
         overwrite: bool,
         blocking: bool,
+        *,
+        incremental: bool,
     ) -> None:
         from .collective import private_group, save_collective, take_all
 
         if blocking:
             save_collective(
-                self, step, items, metrics=metrics, overwrite=overwrite, group=self._group
+                self,
+                step,
+                items,
+                metrics=metrics,
+                overwrite=overwrite,
+                group=self._group,
+                incremental=incremental,
             )
             return
         # SPEC 10.6: each rank stalls only to copy its own pieces to host memory; the writes,
@@ -253,7 +293,12 @@ class CheckpointManager:
         if self._private is None:
             self._private = private_group(self._group)
         taken = take_all(items, self._group)
-        kwargs = {"metrics": metrics, "overwrite": overwrite, "group": self._private}
+        kwargs = {
+            "metrics": metrics,
+            "overwrite": overwrite,
+            "group": self._private,
+            "incremental": incremental,
+        }
 
         def run() -> None:
             try:
@@ -270,10 +315,10 @@ class CheckpointManager:
         items: dict[str, Any],
         metrics: dict[str, float],
         overwrite: bool,
-        limit: int | None,
+        how: _How,
     ) -> None:
         try:
-            self._write(step, items, metrics, overwrite, limit)
+            self._write(step, items, metrics, overwrite, how)
         except BaseException as e:  # surfaced by the next save()/wait()/close(), or at exit
             self._failed = (step, e)
         else:
@@ -299,18 +344,29 @@ class CheckpointManager:
         items: dict[str, Any],
         metrics: dict[str, float],
         overwrite: bool,
-        limit: int | None,
+        how: _How,
     ) -> None:
         with paused_gc():  # planning builds many small objects; writing builds none
-            plans = [plan_item(name, value, max_shard_size=limit) for name, value in items.items()]
+            plans = [
+                plan_item(name, value, max_shard_size=how.limit, incremental=how.incremental)
+                for name, value in items.items()
+            ]
         tmp, others, kept = self._begin(step, metrics, overwrite)
+        pool = None
         try:
             with os_errors(self.root, f"save step {step}"):
-                records = {plan.name: write_item(plan, tmp) for plan in plans}
+                if any(p.pooled is not None for p in plans):
+                    # SPEC 8.17: reuse what the newest committed step stored.
+                    pool = Pool(self.root, step, newest_committed(others))
+                records = {plan.name: write_item(plan, tmp, pool=pool) for plan in plans}
+                # Every new pool file durable before the commit record names it (SPEC 8.18).
+                referenced = pool.finish() if pool is not None else ()
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
+            if pool is not None:
+                pool.discard()
             raise
-        self._finish(step, tmp, records, metrics, others, kept)
+        self._finish(step, tmp, records, metrics, others, kept, referenced)
 
     def _begin(
         self, step: int, metrics: Mapping[str, float], overwrite: bool
@@ -324,6 +380,7 @@ class CheckpointManager:
         # A disk error anywhere in the save is a SatchelOSError naming the root (DiskFullError...).
         with os_errors(self.root, f"save step {step}"):
             self._clean_temps()
+            collect(self.root)  # SPEC 8.19: what a killed save left in the pool
             if not overwrite:
                 _refuse_existing(self.root, step)
             # Decided before anything is written, so a failing user policy costs no files; the
@@ -342,14 +399,17 @@ class CheckpointManager:
         metrics: Mapping[str, float],
         others: Sequence[CheckpointInfo],
         kept: Mapping[int, list[str]],
+        pool: tuple[FileRecord, ...] = (),
     ) -> None:
-        """Commit ``step`` from ``tmp``, whose every item file is written and fsynced: the
-        commit record last, the rename (SPEC 8.5), then retention. On an error before the
-        rename ``tmp`` is removed."""
+        """Commit ``step`` from ``tmp``, whose every item file (and every new pool file it
+        references) is written and fsynced: the commit record last, the rename (SPEC 8.5),
+        then retention and the pool's collection (SPEC 8.19). On an error before the rename
+        ``tmp`` is removed."""
         with os_errors(self.root, f"save step {step}"):
             try:
                 names = tuple(p.name for p in self.policies)
-                write_commit(tmp, CommitRecord.new(step, records, metrics, names, self._own(kept)))
+                record = CommitRecord.new(step, records, metrics, names, self._own(kept), pool=pool)
+                write_commit(tmp, record)
                 fsync_dir(tmp)
                 self._commit(tmp, self.root / step_name(step))
             except BaseException:
@@ -358,6 +418,8 @@ class CheckpointManager:
             # SPEC 8.13: the new step is in place (and durable) before any old one is renamed
             # away, so a reader listing the root meanwhile always finds a committed step.
             self._apply_retention(step, others, kept)
+            # SPEC 8.19: then the pool files only the deleted steps referenced.
+            collect(self.root)
 
     def _commit(self, tmp: Path, final: Path) -> None:
         """Rename the finished folder into place (SPEC 8.5); with overwrite, the old one is
@@ -506,6 +568,20 @@ def _policies(
     if len(set(names)) != len(names):
         raise UsageError(f"retention policy names must be unique, got {names}")
     return tuple(out)
+
+
+@dataclass(frozen=True)
+class _How:
+    """How one save writes its items: ``max_shard_size`` and ``incremental`` as resolved."""
+
+    limit: int | None
+    incremental: bool
+
+
+def _flag(value: object, what: str) -> bool:
+    if not isinstance(value, bool):
+        raise UsageError(f"{what} must be True or False, got {value!r}")
+    return value
 
 
 def _positive(n: int, what: str) -> int:

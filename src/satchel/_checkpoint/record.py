@@ -3,8 +3,10 @@
 Its presence makes a folder a checkpoint; the sizes and whole-file xxh3-64 digests it lists
 decide whether that checkpoint is valid. It is JSON (never pickle) with a strict schema, and
 (version 2) ends with its own xxh3-64, so that no damaged record passes for a valid one. An
-item is one file, or (sharded, SPEC 8.15) a folder whose every file the record lists. The
-record and the files it lists are opened as ``files`` opens every file of a step (SPEC 8.12).
+item is one file, or (sharded, SPEC 8.15) a folder whose every file the record lists; a step
+of an incremental save (version 3, SPEC 8.18) also lists the pool files it references. The
+record is opened as ``files`` opens every file of a step (SPEC 8.12); ``validity`` checks the
+files it lists.
 """
 
 from __future__ import annotations
@@ -26,23 +28,24 @@ import numpy as np
 from .._format.header import json_object
 from .._format.validate import xxh3_hex
 from .._io.atomic import write_all
+from .._shards.pool import is_pool_file
 from .._version import __version__
 from ..errors import FormatError, IntegrityError
-from . import workers
-from .files import digest, open_folder, open_regular, read_at_most, step_folder
+from .files import open_regular, read_at_most, step_folder
 from .layout import COMMIT_FILE, SHARD_INDEX, is_item_file, is_item_folder, is_item_member
 
 __all__ = [
     "CommitRecord",
     "FileRecord",
     "ItemRecord",
-    "check_files",
     "read_commit",
     "write_commit",
 ]
 
 _FORMAT = "satchel-checkpoint"
 _VERSION = 2  # 1: satchel 0.1.0, without record_xxh3 (still read)
+_POOLED = 3  # SPEC 8.18: a step of an incremental save, listing the pool files it references
+_KNOWN = (1, 2, 3)
 _MAX_RECORD = 16 << 20  # a commit record lists files and numbers; more than 16 MiB is damage
 # SPEC 8.3: a version 2 record ends with this member; its digest covers every byte before the
 # comma. Only whitespace may follow the object's closing brace.
@@ -104,6 +107,8 @@ class CommitRecord:
     # The steps each policy that readers cannot rebuild from its name (a user's own) kept at
     # this save: readers show it as is, since they cannot run that policy's code.
     kept: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
+    # SPEC 8.18: the pool files (in the root's ``blobs/``) an incremental step references.
+    pool: tuple[FileRecord, ...] = ()
 
     @staticmethod
     def new(
@@ -112,10 +117,24 @@ class CommitRecord:
         metrics: Mapping[str, float],
         retention: tuple[str, ...] = (),
         kept: Mapping[str, tuple[int, ...]] | None = None,
+        *,
+        pool: tuple[FileRecord, ...] = (),
     ) -> CommitRecord:
         return CommitRecord(
-            step, time.time(), dict(metrics), dict(items), _versions(), retention, dict(kept or {})
+            step,
+            time.time(),
+            dict(metrics),
+            dict(items),
+            _versions(),
+            retention,
+            dict(kept or {}),
+            pool,
         )
+
+    @property
+    def size(self) -> int:
+        """The bytes of every file the step lists, its pool files included."""
+        return sum(r.size for r in self.items.values()) + sum(f.size for f in self.pool)
 
 
 def _versions() -> dict[str, str]:
@@ -130,7 +149,7 @@ def write_commit(folder: Path, record: CommitRecord) -> None:
     """Write and fsync the commit record into ``folder`` (still under its temp name)."""
     doc: dict[str, Any] = {
         "format": _FORMAT,
-        "version": _VERSION,
+        "version": _POOLED if record.pool else _VERSION,
         "step": record.step,
         "time": record.time,
         "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(record.time)),
@@ -141,6 +160,8 @@ def write_commit(folder: Path, record: CommitRecord) -> None:
     }
     if record.kept:
         doc["kept"] = {name: list(steps) for name, steps in record.kept.items()}
+    if record.pool:
+        doc["pool"] = [{"file": f.file, "size": f.size, "xxh3": f.xxh3} for f in record.pool]
     text = json.dumps(doc, indent=1, allow_nan=False)
     body = text[: text.rindex("}")].rstrip().encode("ascii")
     data = body + f',\n "{_SEAL_KEY}": "{xxh3_hex(body)}"\n}}\n'.encode("ascii")
@@ -181,8 +202,15 @@ def read_commit(folder: Path, *, expected_step: int | None) -> CommitRecord:
         raise FormatError(f"{where}: commit record larger than {_MAX_RECORD} bytes")
     doc = json_object(raw, where=where, what="commit record")
     version = doc.get("version")
-    if doc.get("format") != _FORMAT or isinstance(version, bool) or version not in (1, 2):
+    if doc.get("format") != _FORMAT:
         raise FormatError(f"{where}: not a satchel checkpoint record (format/version)")
+    if isinstance(version, bool) or version not in _KNOWN:
+        raise FormatError(
+            f"{where}: commit record version {version!r}; this satchel reads versions "
+            f"{', '.join(map(str, _KNOWN))}: a newer satchel wrote it, upgrade to read it",
+            path=where,
+            field="version",
+        )
     _check_seal(raw, doc, version, where)
     step = doc.get("step")
     if isinstance(step, bool) or not isinstance(step, int) or step < 0:
@@ -200,9 +228,38 @@ def read_commit(folder: Path, *, expected_step: int | None) -> CommitRecord:
     kept = doc.get("retention", [])
     if not isinstance(kept, list) or not all(isinstance(k, str) for k in kept):
         raise FormatError(f"{where}: field 'retention' must be a list of policy names")
+    pool = _pool(doc.get("pool"), version, where)
     return CommitRecord(
-        step, float(t), metrics, items, versions, tuple(kept), _kept(doc.get("kept", {}), where)
+        step,
+        float(t),
+        metrics,
+        items,
+        versions,
+        tuple(kept),
+        _kept(doc.get("kept", {}), where),
+        pool,
     )
+
+
+def _pool(value: Any, version: int, where: str) -> tuple[FileRecord, ...]:
+    """SPEC 8.18: a version 3 record lists its pool files; earlier versions have none."""
+    if version != _POOLED:
+        if value is not None:
+            raise FormatError(f"{where}: field 'pool' in a version {version} record", field="pool")
+        return ()
+    if not isinstance(value, list) or not value:
+        raise FormatError(f"{where}: field 'pool' must be a non-empty list", field="pool")
+    out = []
+    for i, f in enumerate(value):
+        at = f"{where}: pool[{i}]"
+        if not isinstance(f, dict) or set(f) != {"file", "size", "xxh3"}:
+            raise FormatError(f"{at} must have exactly file, size, xxh3", field="pool")
+        if not is_pool_file(f["file"]):
+            raise FormatError(f"{at}.file {f['file']!r} is not a pool file name", field="pool")
+        out.append(_file(f, at))
+    if len({f.file for f in out}) != len(out):
+        raise FormatError(f"{where}: field 'pool' lists a file twice", field="pool")
+    return tuple(out)
 
 
 def _check_seal(raw: bytes, doc: Mapping[str, Any], version: int, where: str) -> None:
@@ -297,80 +354,3 @@ def _file(rec: dict[str, Any], at: str) -> FileRecord:
     if not (isinstance(digest, str) and re.fullmatch(r"[0-9a-f]{16}", digest)):
         raise FormatError(f"{at}.xxh3 must be 16 lowercase hex digits")
     return FileRecord(rec["file"], size, digest)
-
-
-def check_files(folder: Path, record: CommitRecord) -> str | None:
-    """Why the files disagree with the record, or ``None`` if the step is valid (SPEC 8.4).
-
-    Any failure to read counts against the step (SPEC 8.12), never escapes as an error: a
-    missing, non-regular or unreadable file, another size, another digest. An item folder is
-    opened like the step's, never through a link (SPEC 8.16); its files are checked by
-    ``workers.CHECK_WORKERS`` threads (one: more did not pay).
-    """
-    try:
-        with step_folder(folder) as dir_fd:
-            for name, item in record.items.items():
-                problem = _check_item(dir_fd, folder, name, item)
-                if problem is not None:
-                    return problem
-    except FileNotFoundError:
-        return f"{folder.name}: the step folder is gone"
-    except (FormatError, OSError) as e:
-        return str(e)
-    return None
-
-
-def _check_item(dir_fd: int, folder: Path, name: str, item: ItemRecord) -> str | None:
-    if item.folder is None:
-        (rec,) = item.files
-        return _check_file(dir_fd, name, rec, rec.file, str(folder / rec.file))
-    sub = folder / item.folder
-    try:
-        sub_fd = open_folder(item.folder, sub, dir_fd=dir_fd)
-    except FileNotFoundError:
-        return f"item {name!r}: folder {item.folder} is missing"
-    except FormatError as e:
-        return f"item {name!r}: {item.folder}: {e.reason}"
-    except OSError as e:
-        return f"item {name!r}: {item.folder} cannot be read: {e}"
-    try:
-
-        def check(rec: FileRecord) -> None:
-            shown = f"{item.folder}/{rec.file}"
-            problem = _check_file(sub_fd, name, rec, shown, str(sub / rec.file))
-            if problem is not None:
-                raise _Problem(problem)  # no further file is started
-
-        workers.each(check, item.files, workers=workers.CHECK_WORKERS)
-    except _Problem as e:
-        return str(e)
-    finally:
-        os.close(sub_fd)
-    return None
-
-
-class _Problem(Exception):
-    """Why a file of an item folder disagrees with the record (internal to ``_check_item``)."""
-
-
-def _check_file(dir_fd: int, name: str, rec: FileRecord, shown: str, where: str) -> str | None:
-    what = f"item {name!r}: {shown}"
-    try:
-        fd = open_regular(dir_fd, rec.file, where)
-    except FileNotFoundError:
-        return f"item {name!r}: file {shown} is missing"
-    except FormatError as e:
-        return f"{what}: {e.reason}"
-    except OSError as e:
-        return f"{what} cannot be read: {e}"
-    try:
-        size = os.fstat(fd).st_size
-        if size != rec.size:
-            return f"{what} is {size} bytes, record says {rec.size}"
-        if digest(fd, rec.size) != rec.xxh3:
-            return f"{what} does not match its checksum (corrupt)"
-    except OSError as e:
-        return f"{what} cannot be read: {e}"
-    finally:
-        os.close(fd)
-    return None

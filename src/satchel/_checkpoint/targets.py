@@ -4,6 +4,7 @@
 item passed to ``save`` / ``restore``  saved as                        restored by
 =====================================  ==============================  ===========================
 ``nn.Module`` (``named_parameters``)   its ``state_dict()``            ``load_state`` (strict)
+Keras model, layer or optimizer        its variables by name           ``load_state`` (strict)
 optimizer, LR scheduler, GradScaler    its ``state_dict()``            its ``load_state_dict``
 a mapping of arrays                    itself                          ``load_state`` (in place)
 ``rng=True``                           ``capture_rng()``               ``restore_rng``
@@ -21,6 +22,7 @@ from typing import Any
 
 from .._rng import capture_rng, restore_rng
 from .._state import LoadReport, load_state
+from ..adapters import is_keras
 from ..errors import UsageError
 from .layout import COMMIT_FILE, EXTRA_ITEM, check_item_name, item_file
 
@@ -40,6 +42,10 @@ def prepare(name: str, value: Any) -> Any:
         )
     if name == "rng" and value is True:
         return capture_rng()
+    if is_keras(value):
+        from ..adapters import keras as keras_adapter  # noqa: PLC0415 - Keras only when used
+
+        return keras_adapter.state(value)
     state_dict = getattr(value, "state_dict", None)
     if callable(state_dict):
         return state_dict()
@@ -60,6 +66,13 @@ def apply(items: Mapping[str, Any], targets: Mapping[str, Any]) -> dict[str, Loa
         value = items[name]
         if name == "rng" and target is True:
             restore_rng(value)
+        elif is_keras(target):
+            from ..adapters import keras as keras_adapter  # noqa: PLC0415 - Keras only when used
+
+            # A fresh Keras optimizer makes its variables on its first step; build them now,
+            # for the model restored beside it, so there is something to load into.
+            keras_adapter.build_optimizer(target, targets.values())
+            reports[name] = load_state(target, value)
         elif hasattr(target, "named_parameters"):
             # Before load_state_dict: a module has both, and load_state keeps tied weights tied.
             reports[name] = load_state(target, value)

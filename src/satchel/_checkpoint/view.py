@@ -25,7 +25,8 @@ from ..retention import CheckpointRecord as RetentionRecord
 from ..retention import Policy, Recorded, decide, parse
 from . import targets as _targets
 from .layout import EXTRA_ITEM, list_steps, step_name
-from .record import CommitRecord, check_files, read_commit
+from .record import CommitRecord, read_commit
+from .validity import check_files
 
 __all__ = ["CheckpointInfo", "CheckpointRoot", "CheckpointWarning", "RestoreResult"]
 
@@ -107,11 +108,12 @@ class CheckpointRoot:
         total = sum(_size(i) for i in out)
         report = reporter(progress, total, f"verifying {self.root.name}")
         checked, done = [], 0
+        seen: dict[Any, str | None] = {}  # pool files shared by steps are checked once
         for info in out:
             if info.record is None:
                 checked.append(info)
                 continue
-            problem = check_files(info.path, info.record)
+            problem = check_files(info.path, info.record, pool_seen=seen)
             checked.append(CheckpointInfo(info.step, info.path, info.record, problem))
             done += _size(info)
             if report is not None:
@@ -293,7 +295,7 @@ def _stamp(root: Path) -> tuple[int, int]:
 
 
 def _size(info: CheckpointInfo) -> int:
-    return sum(r.size for r in info.record.items.values()) if info.record else 0
+    return info.record.size if info.record else 0
 
 
 def with_newest(kept: Mapping[int, list[str]], committed: list[int]) -> dict[int, list[str]]:

@@ -22,6 +22,7 @@ import satchel
 from . import _convert, _diff, _inspect, _ls, _verify
 from ._console import Console
 from ._render import HelpFormatter
+from ._storage import add_option
 
 __all__ = ["main"]
 
@@ -40,6 +41,7 @@ examples:
   satchel diff base.pt tuned.safetensors --plot drift.png
   satchel convert model.pt model.safetensors
   satchel ls runs/exp1
+  satchel verify s3://bucket/model.safetensors        # AWS_ENDPOINT_URL etc. from the environment
 
 Every command takes --json (one JSON document on stdout), --no-progress, --color and --debug.
 exit status: 0 ok, 1 corrupt (verify) or different (diff), 2 unreadable or error.
@@ -71,6 +73,7 @@ def _common() -> argparse.ArgumentParser:
         help="colour output: auto (a terminal without NO_COLOR), always or never",
     )
     opts.add_argument("--debug", action="store_true", help="show the traceback of an error")
+    add_option(common.add_argument_group("object storage"))
     return common
 
 

@@ -9,10 +9,12 @@ from typing import Any, cast, get_args
 import satchel
 
 from .._convert import Target
+from .._remote.url import is_url
 from ..errors import UsageError
 from ._console import Console
 from ._render import HelpFormatter, human_bytes
 from ._source import disk_size
+from ._storage import storage_options
 
 __all__ = ["add_parser", "run", "target_for"]
 
@@ -62,16 +64,22 @@ def target_for(dst: Path, to: str | None) -> Target:
 
 
 def run(args: argparse.Namespace, con: Console) -> int:
-    src, dst = Path(args.src), Path(args.dst)
-    to = target_for(dst, args.to)
-    if (dst.exists() or dst.is_symlink()) and not args.force:
+    options = storage_options(args)
+    # A URL stays a string (a Path would fold "s3://" into "s3:/"); its size is not on disk.
+    src: str | Path = args.src if is_url(args.src) else Path(args.src)
+    dst: str | Path = args.dst if is_url(args.dst) else Path(args.dst)
+    to = target_for(Path(args.dst.rpartition("/")[2]) if isinstance(dst, str) else dst, args.to)
+    if isinstance(dst, Path) and (dst.exists() or dst.is_symlink()) and not args.force:
         raise UsageError(f"{dst}: already exists; pass --force to replace it")
-    with satchel.open(src, framework="numpy") as opened:  # read once: format and data
-        src_format = opened.format
-        satchel.convert(opened, dst, to=to, progress=con.api_progress())
-    with satchel.open(dst, verify=False, framework="numpy") as out:
+    src_opts = options if isinstance(src, str) else None
+    dst_opts = options if isinstance(dst, str) else None
+    with satchel.open(src, framework="numpy", storage_options=src_opts) as opened:
+        src_format = opened.format  # read once: format and data
+        satchel.convert(opened, dst, to=to, progress=con.api_progress(), storage_options=dst_opts)
+    with satchel.open(dst, verify=False, framework="numpy", storage_options=dst_opts) as out:
         tensors = len(out.keys())
-    src_size, dst_size = disk_size(src), disk_size(dst)
+    src_size = None if isinstance(src, str) else disk_size(src)
+    dst_size = None if isinstance(dst, str) else disk_size(dst)
     if con.json_mode:
         con.emit(
             "convert",
@@ -84,7 +92,11 @@ def run(args: argparse.Namespace, con: Console) -> int:
         return 0
     st = con.style
     con.line(
-        f"{st('converted', 'bold', 'green')} {src} ({src_format}, {human_bytes(src_size)}) -> "
-        f"{dst} ({to}, {human_bytes(dst_size)}, {tensors} tensors)"
+        f"{st('converted', 'bold', 'green')} {src} ({src_format}{_size(src_size)}) -> "
+        f"{dst} ({to}{_size(dst_size)}, {tensors} tensors)"
     )
     return 0
+
+
+def _size(n: int | None) -> str:
+    return "" if n is None else f", {human_bytes(n)}"

@@ -16,12 +16,14 @@ from typing import Any, Literal
 
 import satchel
 
+from .._remote.url import is_url
 from ..errors import UsageError
 from ._compare import TINY, Comparison, Norm, compare
 from ._console import Console
 from ._plot import check_target, plot_changes
 from ._render import Cell, HelpFormatter, fmt_count, fmt_float, fmt_shape, render_table
 from ._source import Source
+from ._storage import storage_options
 
 __all__ = ["Layer", "Result", "Row", "add_parser", "layer_of", "layers", "run"]
 
@@ -131,7 +133,13 @@ def run(args: argparse.Namespace, con: Console) -> int:
     rules = [_rule(r) for r in args.rename]
     if args.plot:
         check_target(args.plot)
-    with Source(args.a) as sa, Source(args.b) as sb:
+    opts = storage_options(args)  # for whichever of A and B is a URL
+    a_opts = opts if is_url(args.a) else None
+    b_opts = opts if is_url(args.b) else None
+    with (
+        Source(args.a, storage_options=a_opts) as sa,
+        Source(args.b, storage_options=b_opts) as sb,
+    ):
         names_a = _mapped(sa.names(), args.prefix_a, rules)
         names_b = _mapped(sb.names(), args.prefix_b, [])
         rows = _rows(sa, sb, names_a, names_b, atol=args.atol, rtol=args.rtol, con=con)
@@ -258,8 +266,8 @@ def _where(info: satchel.TensorInfo | None) -> dict[str, Any] | None:
 def _json(result: Result, args: argparse.Namespace, rules: list[tuple[str, str]]) -> dict[str, Any]:
     sa, sb = result.a, result.b
     return {
-        "a": {"path": str(sa.path), "format": sa.format, "tensors": len(sa.names())},
-        "b": {"path": str(sb.path), "format": sb.format, "tensors": len(sb.names())},
+        "a": {"path": sa.where, "format": sa.format, "tensors": len(sa.names())},
+        "b": {"path": sb.where, "format": sb.format, "tensors": len(sb.names())},
         "atol": args.atol,
         "rtol": args.rtol,
         "match": {
@@ -298,7 +306,7 @@ def _text(result: Result, args: argparse.Namespace, con: Console) -> None:
     rows, counts = result.rows, result.counts
     for tag, src in (("a", result.a), ("b", result.b)):
         n = len(src.names())
-        con.line(f"{st(tag, 'bold')}  {src.path}  {st(f'({src.format}, {n} tensors)', 'dim')}")
+        con.line(f"{st(tag, 'bold')}  {src.where}  {st(f'({src.format}, {n} tensors)', 'dim')}")
     shown = rows if args.all else [r for r in rows if r.status != "equal"]
     if shown:
         con.line()

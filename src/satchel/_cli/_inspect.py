@@ -29,6 +29,7 @@ from ._render import (
 )
 from ._source import Entry, Source
 from ._stats import Stats, tensor_stats
+from ._storage import storage_options
 
 __all__ = ["add_parser", "run"]
 
@@ -73,7 +74,7 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, con: Console) -> int:
-    with Source(args.path, step=args.step) as src:
+    with Source(args.path, step=args.step, storage_options=storage_options(args)) as src:
         entries = [e for e in src.entries() if _selected(e.name, args.filter)]
         tensors = [e for e in entries if e.info is not None]
         stats = _stats(src, tensors, con) if args.stats else {}
@@ -143,7 +144,7 @@ def _json(
         if e.info is None
     ]
     return {
-        "path": str(src.path),
+        "path": src.where,
         "kind": src.kind,
         "format": src.format,
         "size": src.size(),
@@ -209,7 +210,9 @@ def _text(
     st = con.style
     tensors = [e for e in entries if e.info is not None]
     totals = _totals(tensors)
-    con.line(f"{st(str(src.path), 'bold')}  {_kind_text(src)}, {human_bytes(src.size())} on disk")
+    size = src.size()
+    where = "in object storage" if size is None else f"{human_bytes(size)} on disk"
+    con.line(f"{st(src.where, 'bold')}  {_kind_text(src)}, {where}")
     header = [("checksums", _checksum_text(src))]
     if src.module_class:
         header.append(("module", src.module_class))
@@ -228,7 +231,7 @@ def _text(
         con.line()
         con.line(st("structure", "bold"))
         shown = src.commit.path if src.commit is not None else src.path
-        root_name = shown.name or str(shown)
+        root_name = src.url.rstrip("/").rpartition("/")[2] if src.url else shown.name or str(shown)
         tree = build_tree(
             root_name,
             [
@@ -300,6 +303,8 @@ def _kind_text(src: Source) -> str:
         return f"checkpoint root, {n} step folder{'s' if n != 1 else ''}"
     if src.kind == "checkpoint":
         return f"checkpoint, {len(src.parts)} item{'s' if len(src.parts) != 1 else ''}"
+    if src.url is not None:
+        return f"{src.format} at a URL"
     if src.path.is_file():
         return f"{src.format} file"
     return f"{src.format} folder" if src.path.is_dir() else f"{src.format} checkpoint prefix"

@@ -8,6 +8,7 @@ from typing import Any
 
 import satchel
 
+from .._remote.url import is_url
 from ._console import Console
 from ._render import (
     Cell,
@@ -18,6 +19,7 @@ from ._render import (
     metrics_json,
     render_table,
 )
+from ._storage import storage_options
 
 __all__ = ["add_parser", "run"]
 
@@ -50,12 +52,18 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
 
 
 def _size(info: satchel.CheckpointInfo) -> int | None:
-    return sum(r.size for r in info.record.items.values()) if info.record else None
+    return info.record.size if info.record else None  # pool files included (SPEC 8.18)
 
 
 def run(args: argparse.Namespace, con: Console) -> int:
-    root = Path(args.root)
-    view = satchel.CheckpointRoot(root)
+    root: Path | str
+    view: Any
+    if is_url(args.root):  # SPEC 11.9: a root in object storage (a manager only reads here)
+        root = args.root
+        view = satchel.CheckpointManager(args.root, storage_options=storage_options(args))
+    else:
+        root = Path(args.root)
+        view = satchel.CheckpointRoot(root)
     infos = view.checkpoints(verify=not args.no_verify, progress=con.api_progress())
     kept = view.kept_by()
     problems: dict[int, str | None] = {i.step: i.problem for i in infos}

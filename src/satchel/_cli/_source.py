@@ -19,6 +19,7 @@ import numpy as np
 import satchel
 
 from .._checkpoint import is_root, is_step_folder
+from .._remote.url import StorageOptions, is_url
 from ..errors import SatchelError, UsageError
 
 __all__ = ["Entry", "Kind", "Part", "Source", "disk_size"]
@@ -55,11 +56,13 @@ def disk_size(p: Path) -> int:
 class Part:
     """One readable file of a source: the file itself, or one item of a checkpoint."""
 
-    def __init__(self, path: Path, prefix: str = "") -> None:
+    def __init__(
+        self, path: Path | str, prefix: str = "", *, storage_options: StorageOptions = None
+    ) -> None:
         self.path, self.prefix = path, prefix
         # One open serves names, headers and values: checksums run when a tensor's bytes are
         # first touched, so listing names reads no data, and nothing is parsed twice.
-        self._handle = satchel.open(path, framework="numpy")
+        self._handle = satchel.open(path, framework="numpy", storage_options=storage_options)
         self.format = self._handle.format
 
     def handle(self) -> Handle:
@@ -76,14 +79,29 @@ class Part:
 class Source:
     """The tensors behind a PATH argument; see the module docstring."""
 
-    def __init__(self, path: str | os.PathLike[str], *, step: int | None = None) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        step: int | None = None,
+        storage_options: StorageOptions = None,
+    ) -> None:
+        # A URL (s3://...) stays a string in ``where``: a Path would fold "s3://" to "s3:/".
+        self.url = str(path) if is_url(path) else None
         self.path = Path(path)
+        self.where = self.url or str(self.path)
         self.commit: satchel.CheckpointInfo | None = None
         self.checkpoints: list[satchel.CheckpointInfo] | None = None
         self.kept_by: dict[int, list[str]] = {}
         self.parts: list[Part] = []
-        if is_root(self.path):
-            self.kind: Kind = "checkpoint-root"
+        if self.url is not None:
+            if step is not None:
+                raise UsageError(f"{self.url}: --step applies to a local checkpoint root only")
+            self.kind: Kind = "file"
+            self.parts = [Part(self.url, storage_options=storage_options)]
+            self.format = self.parts[0].format
+        elif is_root(self.path):
+            self.kind = "checkpoint-root"
             self.format = "checkpoint-root"
             reader = satchel.CheckpointRoot(self.path)
             self.checkpoints = reader.checkpoints(verify=False)
@@ -196,8 +214,9 @@ class Source:
         classes = [c for p in self.parts if (c := p.handle().module_class)]
         return classes[0] if classes else None
 
-    def size(self) -> int:
-        return disk_size(self.path)
+    def size(self) -> int | None:
+        """Bytes on disk; ``None`` for a URL (object storage: not on this disk)."""
+        return None if self.url is not None else disk_size(self.path)
 
     def close(self) -> None:
         for part in self.parts:

@@ -13,6 +13,7 @@ import satchel
 
 from ._console import Console
 from ._render import Cell, HelpFormatter, human_bytes, render_table
+from ._storage import storage_options
 
 __all__ = ["EXIT", "add_parser", "run"]
 
@@ -42,12 +43,17 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
         epilog=EXAMPLES,
         formatter_class=HelpFormatter,
     )
-    p.add_argument("path", metavar="PATH", help="a file, checkpoint folder or checkpoint root")
+    p.add_argument(
+        "path",
+        metavar="PATH",
+        help="a file, checkpoint folder or checkpoint root, or a URL (s3://bucket/key)",
+    )
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace, con: Console) -> int:
-    report = satchel.verify(args.path, progress=con.api_progress())
+    options = storage_options(args)
+    report = satchel.verify(args.path, progress=con.api_progress(), storage_options=options)
     # A root's report lists its step folders: one row each, committed or not.
     steps = list(report.checkpoints) if report.format == "checkpoint-root" else None
     if con.json_mode:

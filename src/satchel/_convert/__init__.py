@@ -15,6 +15,7 @@ import numpy as np
 from .._api import load, save
 from .._progress import ProgressArg
 from .._read.file import ArrayFile
+from .._remote.url import StorageOptions, is_url
 from .._tree import iter_leaves
 from ..errors import UnsupportedObjectError, UsageError
 from .npz import npz_arrays, write_npz
@@ -35,6 +36,7 @@ def convert(
     verify: bool = True,
     progress: ProgressArg = None,
     max_shard_size: int | str | None = None,
+    storage_options: StorageOptions = None,
 ) -> str:
     """Read ``src`` in whatever format it is and write it to ``dst`` as ``to``; returns ``to``.
 
@@ -48,6 +50,9 @@ def convert(
     ``.``); ``torch`` writes a zip that ``torch.load(weights_only=True)`` reads, no torch needed.
     Every write is atomic. Nothing from ``src`` is ever executed.
 
+    ``src`` and ``dst`` may be URLs (``s3://bucket/key``, SPEC 11; ``storage_options`` serve
+    both); a URL ``dst`` takes ``to="satchel"`` (the other writers make local files).
+
     Raises:
         UsageError: unknown ``to``.
         SatchelError: ``src`` is unreadable or holds something ``to`` cannot represent.
@@ -55,13 +60,28 @@ def convert(
     """
     if to not in _TARGETS:
         raise UsageError(f"to={to!r}: expected one of {', '.join(_TARGETS)}")
+    remote_dst = is_url(dst)
+    if remote_dst and to not in ("satchel", "safetensors"):
+        raise UsageError(f"{dst}: to={to!r} writes a local file; convert to a local path first")
+    if max_shard_size is not None and to not in ("satchel", "safetensors"):
+        raise UsageError(f"max_shard_size applies to to='satchel' only, not to={to!r}")
     if isinstance(src, ArrayFile):  # already open (the CLI reads its format first): read once
         obj = src.load(progress=progress)
     else:
-        obj = load(src, framework="numpy", verify=verify, progress=progress)
+        src_options = storage_options if is_url(src) else None
+        obj = load(
+            src, framework="numpy", verify=verify, progress=progress, storage_options=src_options
+        )
+    if remote_dst:
+        save(
+            obj,
+            str(dst),
+            progress=progress,
+            max_shard_size=max_shard_size,
+            storage_options=storage_options,
+        )
+        return to
     out = Path(dst)
-    if max_shard_size is not None and to not in ("satchel", "safetensors"):
-        raise UsageError(f"max_shard_size applies to to='satchel' only, not to={to!r}")
     if to in ("satchel", "safetensors"):
         save(obj, out, progress=progress, max_shard_size=max_shard_size)
     elif to == "torch":

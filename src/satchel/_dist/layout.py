@@ -4,6 +4,10 @@ A distributed item is a folder: ``pieces-<rank>.satchel`` files, each a satchel 
 that rank's pieces as a flat dict, and ``layout.json``, which says for every tensor its dtype,
 global shape and where each piece lies (file, key, offsets, sizes), plus the saved structure
 with its non-tensor values. Pure data and arithmetic; no torch here.
+
+An incremental save (SPEC 10.7) writes layout version 2, whose pieces may lie in the root's
+pool instead: their ``file`` is ``pool:<pool file>`` (``_shards.pool``) and their ``key`` the
+piece's name in that file. A reader of version 1 refuses version 2 by its number.
 """
 
 from __future__ import annotations
@@ -11,10 +15,12 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from .. import dtypes
 from .._format.header import json_object
+from .._shards.pool import is_pool_file, resolve
 from .._tree import Json, validate_skeleton
 from ..errors import FormatError
 
@@ -28,17 +34,43 @@ __all__ = [
     "parse_layout",
     "piece_file",
     "piece_key",
+    "piece_path",
+    "pool_file_of",
+    "pool_piece",
 ]
 
 LAYOUT_FILE = "layout.json"
 FORMAT = "satchel-distributed"
 VERSION = 1
+POOLED = 2  # SPEC 10.7: pieces may be in the root's pool
+_POOL = "pool:"
 MAX_LAYOUT = 100_000_000  # as the header cap (SPEC 1.2)
 _MAX_DIMS = 64
 
 
 def piece_file(rank: int) -> str:
     return f"pieces-{rank:05d}.satchel"
+
+
+def pool_piece(file: str) -> str:
+    """A piece's ``file`` when it lies in pool file ``file`` (SPEC 10.7)."""
+    return f"{_POOL}{file}"
+
+
+def pool_file_of(piece_file_: str) -> str | None:
+    """The pool file a piece's ``file`` names, or ``None`` for a ``pieces-`` file."""
+    return piece_file_[len(_POOL) :] if piece_file_.startswith(_POOL) else None
+
+
+def piece_path(folder: Path, file: str, where: str) -> Path:
+    """Where a piece's ``file`` is: in the item's ``folder``, or for a pool piece in the pool
+    of the root the item's step is in (SPEC 10.7; never through a link).
+
+    Raises:
+        FormatError: a pool piece whose pool file cannot be found as it must be.
+    """
+    pool = pool_file_of(file)
+    return folder / file if pool is None else resolve(folder, pool, where)
 
 
 def piece_key(fqn: str, offsets: tuple[int, ...]) -> str:
@@ -87,9 +119,10 @@ def overlap(
 
 
 def encode_layout(layout: Layout) -> bytes:
+    pooled = any(p.file.startswith(_POOL) for t in layout.tensors for p in t.pieces)
     doc = {
         "format": FORMAT,
-        "version": VERSION,
+        "version": POOLED if pooled else VERSION,
         "world_size": layout.world_size,
         "root": layout.skeleton,
         "tensors": [
@@ -123,9 +156,10 @@ def parse_layout(raw: bytes, *, where: str) -> Layout:
     if len(raw) > MAX_LAYOUT:
         raise FormatError(f"{where}: layout is {len(raw):,} bytes, over the cap", path=where)
     doc = json_object(raw, where=where, what="distributed layout")
-    if doc.get("format") != FORMAT or doc.get("version") != VERSION:
+    version = doc.get("version")
+    if doc.get("format") != FORMAT or isinstance(version, bool) or version not in (VERSION, POOLED):
         raise FormatError(
-            f"{where}: not a satchel distributed layout version {VERSION} "
+            f"{where}: not a satchel distributed layout version {VERSION} or {POOLED} "
             f"(format {doc.get('format')!r}, version {doc.get('version')!r})",
             path=where,
             field="version",
@@ -136,12 +170,12 @@ def parse_layout(raw: bytes, *, where: str) -> Layout:
     tensors_raw = doc.get("tensors")
     if not isinstance(tensors_raw, list):
         raise FormatError(f"{where}: 'tensors' must be a list", path=where, field="tensors")
-    tensors = tuple(_tensor(i, t, where) for i, t in enumerate(tensors_raw))
+    tensors = tuple(_tensor(i, t, where, version == POOLED) for i, t in enumerate(tensors_raw))
     validate_skeleton(doc.get("root"), len(tensors), where=f"{where}: root")
     return Layout(doc["root"], tensors, world)
 
 
-def _tensor(i: int, rec: Any, where: str) -> TensorLayout:
+def _tensor(i: int, rec: Any, where: str, pooled: bool) -> TensorLayout:
     if not isinstance(rec, dict) or set(rec) != {"name", "dtype", "shape", "pieces"}:
         raise FormatError(f"{where}: tensor {i} must have name, dtype, shape and pieces")
     name = rec["name"]
@@ -159,13 +193,18 @@ def _tensor(i: int, rec: Any, where: str) -> TensorLayout:
         if not isinstance(p, dict) or set(p) != {"file", "key", "offsets", "sizes"}:
             raise FormatError(f"{where}: tensor {name!r}: a piece needs file, key, offsets, sizes")
         file, key = p["file"], p["key"]
-        if not (
-            isinstance(file, str)
-            and file.startswith("pieces-")
-            and "/" not in file
-            and "\\" not in file
-            and ".." not in file
-        ) or not isinstance(key, str):
+        in_pool = pooled and isinstance(file, str) and file.startswith(_POOL)
+        if in_pool:
+            ok = is_pool_file(file[len(_POOL) :])
+        else:
+            ok = (
+                isinstance(file, str)
+                and file.startswith("pieces-")
+                and "/" not in file
+                and "\\" not in file
+                and ".." not in file
+            )
+        if not ok or not isinstance(key, str):
             raise FormatError(
                 f"{where}: tensor {name!r}: piece file {file!r} is not valid", field=name
             )

@@ -16,7 +16,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 import torch.distributed as dist
@@ -42,6 +42,7 @@ from .layout import (
     overlap,
     piece_file,
     piece_key,
+    piece_path,
 )
 
 __all__ = [
@@ -62,6 +63,20 @@ class Written:
     name: str
     size: int
     xxh3: str
+
+
+class PoolPlacer(Protocol):
+    """Where an incremental save puts this rank's pieces (SPEC 10.7): ``place`` reuses the
+    pieces the newest step stored with the same bytes and writes the others into a new pool
+    file; ``gathered`` hears, on every rank, what all ranks wrote and reused."""
+
+    def place(
+        self, mine: dict[str, torch.Tensor]
+    ) -> tuple[dict[str, str], list[tuple[str, int, str]], list[str]]:
+        """``(piece key -> layout file, new pool files (name, size, xxh3), reused files)``."""
+        ...
+
+    def gathered(self, written: list[tuple[str, int, str]], reused: set[str]) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -157,8 +172,14 @@ def write_item(state: Any, folder: Path, *, group: Any) -> list[Written]:
     return write_pieces(take_pieces(state, rank=rank, world=world, copy=False), folder, group=group)
 
 
-def write_pieces(p: Pieces, folder: Path, *, group: Any) -> list[Written]:
-    """Collective: write ``p`` (from :func:`take_pieces`), agree, and on rank 0 the layout."""
+def write_pieces(
+    p: Pieces, folder: Path, *, group: Any, pool: PoolPlacer | None = None
+) -> list[Written]:
+    """Collective: write ``p`` (from :func:`take_pieces`), agree, and on rank 0 the layout.
+
+    With ``pool`` (an incremental save) the pieces go to the root's pool instead of a
+    ``pieces-<rank>.satchel`` file; the item's folder then holds the layout alone.
+    """
     rank, world = dist.get_rank(group), dist.get_world_size(group)
     report: dict[str, Any]
     if p.error is not None:
@@ -166,7 +187,12 @@ def write_pieces(p: Pieces, folder: Path, *, group: Any) -> list[Written]:
     else:
         try:
             files = []
-            if p.mine:
+            where: dict[str, str] = {}
+            pooled: tuple[list[tuple[str, int, str]], list[str]] = ([], [])
+            if p.mine and pool is not None:
+                where, new_files, reused_files = pool.place(p.mine)
+                pooled = (new_files, reused_files)
+            elif p.mine:
                 out = write_plan(plan_save(p.mine), folder / piece_file(rank), file_digest=True)
                 files.append((piece_file(rank), out.size, out.xxh3))
             # Every rank must save the same structure: its digest travels with the report.
@@ -174,6 +200,8 @@ def write_pieces(p: Pieces, folder: Path, *, group: Any) -> list[Written]:
             report = {
                 "ok": True,
                 "files": files,
+                "where": where,
+                "pool": pooled,
                 "boxes": p.boxes,
                 "structure": xxh3_hex(shape.encode()),
             }
@@ -194,11 +222,18 @@ def write_pieces(p: Pieces, folder: Path, *, group: Any) -> list[Written]:
         raise SatchelError("distributed save failed, nothing committed: " + "; ".join(failed))
     pieces: list[list[Piece]] = [[] for _ in p.names]
     written: list[Written] = []
+    new_pool: list[tuple[str, int, str]] = []
+    reused: set[str] = set()
     for r, rep in enumerate(reports):
         for name, size, digest in rep["files"]:
             written.append(Written(name, size, digest))
+        new_pool.extend(tuple(w) for w in rep["pool"][0])
+        reused.update(rep["pool"][1])
         for i, key, offsets, sizes in rep["boxes"]:
-            pieces[i].append(Piece(piece_file(r), key, tuple(offsets), tuple(sizes)))
+            file = rep["where"].get(key, piece_file(r))
+            pieces[i].append(Piece(file, key, tuple(offsets), tuple(sizes)))
+    if pool is not None:
+        pool.gathered(new_pool, reused)
     tensors = tuple(
         TensorLayout(name, dt, shape, tuple(pieces[i]))
         for i, (name, (dt, shape)) in enumerate(zip(p.names, p.metas, strict=True))
@@ -263,7 +298,8 @@ def _fill(box: _Box, t: TensorLayout, folder: Path, files: dict[str, ArrayFile])
         lo, n = hit
         f = files.get(p.file)
         if f is None:
-            f = files[p.file] = open_path(folder / p.file, framework="torch")
+            path = piece_path(folder, p.file, str(folder / LAYOUT_FILE))  # SPEC 10.7
+            f = files[p.file] = open_path(path, framework="torch")
         piece = f[p.key]
         src = piece[
             tuple(slice(a - b, a - b + k) for a, b, k in zip(lo, p.offsets, n, strict=True))

@@ -12,7 +12,9 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from json.encoder import encode_basestring_ascii as c_quote
 from typing import Any, NamedTuple
 
 from .. import dtypes
@@ -27,9 +29,11 @@ __all__ = [
     "Header",
     "check_addressable",
     "encode_header",
+    "header_text",
     "json_object",
     "parse_header",
     "parse_length",
+    "render_entries",
 ]
 
 MAX_HEADER = 100_000_000  # SPEC 1.2, the same cap safetensors uses
@@ -99,17 +103,6 @@ def parse_length(prefix: bytes, file_size: int, *, where: str) -> int:
 
 def json_object(raw: bytes, *, where: str, what: str) -> dict[str, Any]:
     """Parse JSON that must be an object, refusing duplicate keys (SPEC 1.4-1.5)."""
-
-    def no_dupes(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-        out = dict(pairs)
-        if len(out) != len(pairs):  # the slow search runs only when there is a duplicate
-            seen: set[str] = set()
-            for k, _ in pairs:
-                if k in seen:
-                    raise FormatError(f"{where}: {what} has the key {k!r} twice")
-                seen.add(k)
-        return out
-
     # JSON containers cost ~60 bytes of memory each in Python: bound them before parsing, so a
     # 100 MB header of "[{},{},...]" is refused instead of exhausting memory (SPEC 1.6).
     containers = raw.count(b"{") + raw.count(b"[")
@@ -124,16 +117,7 @@ def json_object(raw: bytes, *, where: str, what: str) -> dict[str, Any]:
         raise FormatError(f"{where}: {what} is not valid UTF-8 (byte {e.start})") from e
     if not text.startswith("{"):
         raise FormatError(f"{where}: {what} must start with '{{', found {text[:1]!r}")
-    try:
-        obj = json.loads(
-            text, object_pairs_hook=no_dupes, parse_constant=_no_constant, parse_float=_finite
-        )
-    except FormatError:
-        raise
-    except RecursionError as e:
-        raise FormatError(f"{where}: {what} is nested too deeply") from e
-    except ValueError as e:  # JSONDecodeError and over-long integer literals
-        raise FormatError(f"{where}: {what} is not valid JSON: {e}") from e
+    obj = _strict(text, where=where, what=what)
     if not isinstance(obj, dict):
         raise FormatError(f"{where}: {what} must be a JSON object, got {type(obj).__name__}")
     if _SURROGATE_ESCAPE.search(raw):
@@ -144,6 +128,29 @@ def json_object(raw: bytes, *, where: str, what: str) -> dict[str, Any]:
         except UnicodeEncodeError as e:
             raise FormatError(f"{where}: {what} holds a lone surrogate escape (not text)") from e
     return obj
+
+
+def _strict(text: str, *, where: str, what: str) -> Any:
+    def no_dupes(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        out = dict(pairs)
+        if len(out) != len(pairs):  # the slow search runs only when there is a duplicate
+            seen: set[str] = set()
+            for k, _ in pairs:
+                if k in seen:
+                    raise FormatError(f"{where}: {what} has the key {k!r} twice")
+                seen.add(k)
+        return out
+
+    try:
+        return json.loads(
+            text, object_pairs_hook=no_dupes, parse_constant=_no_constant, parse_float=_finite
+        )
+    except FormatError:
+        raise
+    except RecursionError as e:
+        raise FormatError(f"{where}: {what} is nested too deeply") from e
+    except ValueError as e:  # JSONDecodeError and over-long integer literals
+        raise FormatError(f"{where}: {what} is not valid JSON: {e}") from e
 
 
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
@@ -269,14 +276,31 @@ def _ints(value: object, field: str, *, max_len: int) -> tuple[int, ...]:
 
 def encode_header(entries: list[Entry], metadata: dict[str, str]) -> bytes:
     """The 8-byte length plus the JSON header, space padded so data starts 64-byte aligned."""
-    obj: dict[str, Any] = {METADATA_KEY: metadata} if metadata else {}
-    for e in entries:
-        assert e.dtype.wire is not None
-        obj[e.name] = {
-            "dtype": e.dtype.wire,
-            "shape": list(e.shape),
-            "data_offsets": [e.start, e.end],
-        }
-    body = json.dumps(obj, separators=(",", ":"), ensure_ascii=True).encode("ascii")
+    body = header_text(entries, metadata).encode("ascii")
     body += b" " * (-(8 + len(body)) % ALIGNMENT)
     return len(body).to_bytes(8, "little") + body
+
+
+def header_text(entries: Iterable[Entry], metadata: dict[str, str]) -> str:
+    """The header JSON, unpadded: what ``json.dumps(..., separators=(",", ":"),
+    ensure_ascii=True)`` makes of ``{"__metadata__": metadata, name: entry, ...}``, spelled out
+    so that a reader can rebuild it from a manifest and compare (SPEC 3.11)."""
+    parts = [f'"{METADATA_KEY}":{_dumps(metadata)}'] if metadata else []
+    rendered = render_entries(entries)
+    if rendered:
+        parts.append(rendered)
+    return "{" + ",".join(parts) + "}"
+
+
+def _dumps(value: object) -> str:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=True)
+
+
+def render_entries(entries: Iterable[Entry]) -> str:
+    """The header's tensor entries as compact JSON members (no braces), in the given order."""
+    quote = c_quote  # the C string encoder json.dumps itself uses for ensure_ascii=True
+    return ",".join(
+        f'{quote(e.name)}:{{"dtype":"{e.dtype.wire}","shape":[{",".join(map(str, e.shape))}],'
+        f'"data_offsets":[{e.start},{e.end}]}}'
+        for e in entries
+    )

@@ -10,27 +10,34 @@ from __future__ import annotations
 import json
 import math
 import re
-from dataclasses import dataclass
-from typing import Any, NamedTuple, cast, get_args
+from typing import Any, cast, get_args
 
 from .. import dtypes
 from .._tree import validate_skeleton
 from ..adapters import Framework, Kind
 from ..errors import FormatError
+from .columns import COMPACT_FROM, encode_columns, parse_columns
 from .header import check_addressable, json_object
+from .records import Leaf, Manifest, Stored, check_view, dtype_field, int_field, int_list
+from .records import shape_field as _shape
 
 __all__ = [
+    "COMPACT_VERSION",
     "FORMAT_VERSION",
     "MANIFEST_CHECKSUM_KEY",
     "MANIFEST_KEY",
+    "VERSIONS",
     "Leaf",
     "Manifest",
     "Stored",
     "encode_manifest",
+    "flat_dict",
     "parse_manifest",
 ]
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 1  # one JSON object per stored tensor and per leaf
+COMPACT_VERSION = 2  # the same facts as columns (SPEC 3.8), for files of many tensors
+VERSIONS = (FORMAT_VERSION, COMPACT_VERSION)  # what this reader reads
 MANIFEST_KEY = "satchel"
 MANIFEST_CHECKSUM_KEY = "satchel.xxh3"
 _FRAMEWORKS = frozenset(get_args(Framework))
@@ -38,58 +45,22 @@ _STORED_KEYS = frozenset({"dtype", "shape", "xxh3"})
 _LEAF_KEYS = frozenset({"framework", "kind", "dtype", "shape", "data"})
 _LEAF_ALLOWED = _LEAF_KEYS | {"offset", "strides", "requires_grad"}
 _HEX16 = re.compile(r"[0-9a-f]{16}")
-_TWO63 = 2**63
 _KINDS = frozenset(get_args(Kind))
+_BY_NAME = {d.name: d for d in dtypes.DTYPES}
+_TWO63 = 2**63
 
 
-class Stored(NamedTuple):
-    """A stored tensor's true dtype and shape (the header may say U8 bytes) and its checksum."""
+def encode_manifest(m: Manifest, *, compact: bool | None = None) -> str:
+    """The manifest as compact JSON text (ASCII, keys in a fixed order).
 
-    # A NamedTuple, not a frozen dataclass: as immutable, and 3x cheaper to build, which
-    # matters at one per tensor in files of 50,000 tensors.
-
-    dtype: dtypes.DType
-    shape: tuple[int, ...]
-    xxh3: str
-
-    @property
-    def nbytes(self) -> int:
-        return math.prod(self.shape) * self.dtype.itemsize
-
-
-class Leaf(NamedTuple):
-    """One array leaf: which stored tensor holds it, at which byte offset, with which strides.
-
-    ``strides`` is ``None`` for a leaf that is its whole stored tensor, else element strides
-    of a view into it (SPEC 3.6).
+    ``compact`` picks version 2 (columns); by default it is used from ``COMPACT_FROM`` stored
+    tensors on (SPEC 3.8), so smaller files stay readable by satchel versions that read 1 only.
     """
-
-    # A NamedTuple, not a frozen dataclass: as immutable, and 3x cheaper to build, which
-    # matters at one per tensor in files of 50,000 tensors.
-
-    framework: Framework
-    kind: Kind
-    dtype: dtypes.DType
-    shape: tuple[int, ...]
-    data: str
-    offset: int = 0
-    strides: tuple[int, ...] | None = None
-    requires_grad: bool = False
-
-
-@dataclass(frozen=True)
-class Manifest:
-    """The whole manifest: structure skeleton, leaves, stored tensors, user metadata."""
-
-    root: Any
-    leaves: tuple[Leaf, ...]
-    stored: dict[str, Stored]
-    metadata: dict[str, str]
-    module: str | None = None  # import path of a saved nn.Module's class: information only
-
-
-def encode_manifest(m: Manifest) -> str:
-    """The manifest as compact JSON text (ASCII, keys in a fixed order)."""
+    if compact is None:
+        compact = len(m.stored) >= COMPACT_FROM
+    if compact:
+        leaves_doc, stored_doc = encode_columns(m.leaves, m.stored)
+        return _dump(COMPACT_VERSION, m, leaves_doc, stored_doc)
     leaves = []
     for leaf in m.leaves:
         rec: dict[str, Any] = {
@@ -109,8 +80,14 @@ def encode_manifest(m: Manifest) -> str:
         name: {"dtype": s.dtype.name, "shape": list(s.shape), "xxh3": s.xxh3}
         for name, s in m.stored.items()
     }
+    return _dump(FORMAT_VERSION, m, leaves, stored)
+
+
+def _dump(version: int, m: Manifest, leaves: object, stored: object) -> str:
+    # The members every version has, in the order of version 1, so that a reader that knows
+    # only version 1 reaches its version check and says "upgrade" (SPEC 3.3).
     doc = {
-        "version": FORMAT_VERSION,
+        "version": version,
         "root": m.root,
         "leaves": leaves,
         "stored": stored,
@@ -138,29 +115,90 @@ def parse_manifest(text: str, *, where: str) -> Manifest:
     if "module" in doc and not (isinstance(module, str) and 0 < len(module) <= 1000):
         raise FormatError(f"{where}: manifest field 'module' must be a non-empty string")
     version = doc["version"]
-    if isinstance(version, bool) or not isinstance(version, int) or version != FORMAT_VERSION:
-        raise FormatError(
-            f"{where}: satchel format version {doc['version']!r} is not supported by this "
-            f"satchel (reads version {FORMAT_VERSION}); upgrade satchel"
-        )
+    if type(version) is not int or version not in VERSIONS:
+        raise FormatError(_version_message(version, where), path=where, field="version")
     stored_raw, leaves_raw, meta = doc["stored"], doc["leaves"], doc["metadata"]
-    if not isinstance(stored_raw, dict):
-        raise FormatError(f"{where}: manifest field 'stored' must be an object")
-    if not isinstance(leaves_raw, list):
-        raise FormatError(f"{where}: manifest field 'leaves' must be a list")
     if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
         raise FormatError(f"{where}: manifest field 'metadata' must map strings to strings")
-    stored = {name: _stored(name, rec, where) for name, rec in stored_raw.items()}
-    leaves = tuple(_leaf(i, rec, stored, where) for i, rec in enumerate(leaves_raw))
-    validate_skeleton(doc["root"], len(leaves), where=f"{where}: manifest field 'root'")
-    return Manifest(doc["root"], leaves, stored, dict(meta), module)
+    if version == COMPACT_VERSION:
+        leaves, stored = parse_columns(leaves_raw, stored_raw, where=where)
+    else:
+        if not isinstance(stored_raw, dict):
+            raise FormatError(f"{where}: manifest field 'stored' must be an object")
+        if not isinstance(leaves_raw, list):
+            raise FormatError(f"{where}: manifest field 'leaves' must be a list")
+        stored = {name: _stored(name, rec, where) for name, rec in stored_raw.items()}
+        leaves = tuple(_leaf(i, rec, stored, where) for i, rec in enumerate(leaves_raw))
+    flat = flat_dict(doc["root"], len(leaves))
+    if flat is None:
+        validate_skeleton(doc["root"], len(leaves), where=f"{where}: manifest field 'root'")
+    return Manifest(doc["root"], leaves, stored, dict(meta), module, flat)
+
+
+def flat_dict(root: object, n_leaves: int) -> tuple[list[str], list[int]] | None:
+    """``(keys, leaf indices)`` when ``root`` is a dict of str keys, each naming a leaf
+    (``{"$dict": [[k, {"$t": i}], ...]}``: a state dict), valid by SPEC 4.2-4.3; else None.
+
+    The most common structure by far, checked with whole-list operations (``set(map(type,
+    ...))`` runs in C) instead of the node-by-node walk that any structure takes.
+    """
+    if type(root) is not dict or len(root) != 1:
+        return None
+    pairs = root.get("$dict")
+    if type(pairs) is not list:
+        return None
+    if not pairs:
+        return [], []
+    if set(map(type, pairs)) != {list} or set(map(len, pairs)) != {2}:
+        return None
+    keys = [p[0] for p in pairs]
+    refs = [p[1] for p in pairs]
+    if set(map(type, keys)) != {str} or len(set(keys)) != len(keys):
+        return None
+    if set(map(type, refs)) != {dict} or set(map(len, refs)) != {1}:
+        return None
+    index = [r.get("$t") for r in refs]
+    if set(map(type, index)) != {int} or not 0 <= min(index) <= max(index) < n_leaves:
+        return None
+    return keys, index
+
+
+def _version_message(version: object, where: str) -> str:
+    """SPEC 3.3: what a reader says about a version it does not know."""
+    known = " and ".join(map(str, VERSIONS))
+    if type(version) is int and version > max(VERSIONS):
+        return (
+            f"{where}: manifest field 'version' is {version}: the file was written by a newer "
+            f"satchel (this one reads format versions {known}); upgrade satchel to read it"
+        )
+    return (
+        f"{where}: manifest field 'version' is {version!r}, not a satchel format version "
+        f"(this satchel reads versions {known}); the file is damaged or not satchel's"
+    )
 
 
 def _stored(name: str, rec: object, where: str) -> Stored:
-    # Field names are built only on the error path: this runs once per stored tensor.
+    # Fast path, no message built: this runs once per stored tensor.
+    if type(rec) is dict and rec.keys() == _STORED_KEYS:
+        wire, shape, digest = rec["dtype"], rec["shape"], rec["xxh3"]
+        dt = _BY_NAME.get(wire) if type(wire) is str else None
+        if (
+            dt is not None
+            and type(shape) is list
+            and len(shape) <= 64
+            and all(type(n) is int and 0 < n < _TWO63 for n in shape)
+            and math.prod(shape) * dt.itemsize < _TWO63  # SPEC 2.5: addressable
+            and type(digest) is str
+            and _HEX16.fullmatch(digest)
+        ):
+            return Stored(dt, tuple(shape), digest)
+    return _stored_checked(name, rec, where)
+
+
+def _stored_checked(name: str, rec: object, where: str) -> Stored:
     if not isinstance(rec, dict) or rec.keys() != _STORED_KEYS:
         raise FormatError(f"{where}: manifest stored[{name!r}] must have exactly {_STORED_KEYS}")
-    dt = _dtype(rec["dtype"], f"{where}: manifest stored[{name!r}]")
+    dt = dtype_field(rec["dtype"], f"{where}: manifest stored[{name!r}]")
     shape = _shape(rec["shape"], f"{where}: manifest stored[{name!r}].shape")
     check_addressable(shape, dt.itemsize, f"{where}: manifest stored[{name!r}].shape")
     digest = rec["xxh3"]
@@ -179,7 +217,7 @@ def _leaf(i: int, rec: object, stored: dict[str, Stored], where: str) -> Leaf:
         base = stored.get(data) if type(data) is str else None
         if (
             base is not None
-            and fw in ("numpy", "torch")
+            and fw in ("numpy", "torch", "tensorflow")
             and kind in ("tensor", "parameter")
             and rec["dtype"] == base.dtype.name
             and type(rec["shape"]) is list
@@ -198,7 +236,7 @@ def _leaf_checked(i: int, rec: object, stored: dict[str, Stored], where: str) ->
         raise FormatError(f"{field}.framework {rec['framework']!r} is not one of {_FRAMEWORKS}")
     if not isinstance(rec["kind"], str) or rec["kind"] not in _KINDS:
         raise FormatError(f"{field}.kind {rec['kind']!r} is not one of {sorted(_KINDS)}")
-    dt = _dtype(rec["dtype"], field)
+    dt = dtype_field(rec["dtype"], field)
     shape = _shape(rec["shape"], f"{field}.shape")
     check_addressable(shape, dt.itemsize, f"{field}.shape")
     fw = cast(Framework, rec["framework"])  # both checked against their Literal sets above
@@ -230,73 +268,14 @@ def _leaf_checked(i: int, rec: object, stored: dict[str, Stored], where: str) ->
                 f"{base.dtype.name}{list(base.shape)}; a whole-tensor leaf must match it"
             )
         return Leaf(fw, kind, dt, shape, data, 0, None, rg)
-    offset = _int(rec["offset"], f"{field}.offset")
-    strides = _int_list(rec["strides"], f"{field}.strides", signed=True)
+    offset = int_field(rec["offset"], f"{field}.offset")
+    strides = int_list(rec["strides"], f"{field}.strides", signed=True)
     if len(strides) != len(shape):
         raise FormatError(f"{field}.strides has {len(strides)} entries for {len(shape)} dims")
     # A dimension of size 0 or 1 never uses its stride; array libraries still reject huge
     # ones, so they are read as 0 (SPEC 3.6).
     strides = tuple(0 if n <= 1 else s for n, s in zip(shape, strides, strict=True))
-    _check_view(
+    check_view(
         field, dt, shape=shape, offset=offset, strides=strides, base_nbytes=stored[data].nbytes
     )
     return Leaf(fw, kind, dt, shape, data, offset, strides, rg)
-
-
-def _check_view(
-    field: str,
-    dt: dtypes.DType,
-    *,
-    shape: tuple[int, ...],
-    offset: int,
-    strides: tuple[int, ...],
-    base_nbytes: int,
-) -> None:
-    """SPEC 3.6: every element a view can reach lies inside its stored tensor."""
-    if offset % dt.itemsize:
-        raise FormatError(f"{field}.offset {offset} is not a multiple of the item size")
-    if math.prod(shape) == 0:
-        if offset > base_nbytes:
-            raise FormatError(f"{field}.offset {offset} is past the stored tensor's end")
-        return
-    lo = (
-        offset + sum(min(0, (n - 1) * s) for n, s in zip(shape, strides, strict=True)) * dt.itemsize
-    )
-    hi = (
-        offset + sum(max(0, (n - 1) * s) for n, s in zip(shape, strides, strict=True)) * dt.itemsize
-    )
-    if lo < 0 or hi + dt.itemsize > base_nbytes:
-        raise FormatError(
-            f"{field} view reaches bytes [{lo}, {hi + dt.itemsize}) outside its stored tensor "
-            f"of {base_nbytes} bytes"
-        )
-
-
-def _dtype(value: object, field: str) -> dtypes.DType:
-    dt = dtypes.by_name(value) if isinstance(value, str) else None
-    if dt is None:
-        raise FormatError(f"{field}.dtype {value!r} is not a dtype satchel knows")
-    return dt
-
-
-def _int(v: object, field: str, *, signed: bool = False) -> int:
-    lo = -(2**63) if signed else 0
-    if isinstance(v, bool) or not isinstance(v, int) or not lo <= v < 2**63:
-        raise FormatError(f"{field} holds {v!r}; expected an integer in [{lo}, 2^63)")
-    return v
-
-
-def _int_list(value: object, field: str, *, signed: bool = False) -> tuple[int, ...]:
-    if not isinstance(value, list) or len(value) > 64:
-        raise FormatError(f"{field} must be a list of at most 64 integers")
-    return tuple(_int(v, field, signed=signed) for v in value)
-
-
-def _shape(value: object, field: str) -> tuple[int, ...]:
-    """A list of at most 64 non-negative ints below 2^63 (the fast path of ``_int_list``)."""
-    if type(value) is list and len(value) <= 64:
-        shape = tuple(value)
-        # type() is int excludes bool; one pass over a handful of dims.
-        if all(type(v) is int and 0 <= v < _TWO63 for v in shape):
-            return shape
-    return _int_list(value, field)

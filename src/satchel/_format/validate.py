@@ -6,15 +6,19 @@ damage is caught even though safetensors itself has no header checksum.
 
 from __future__ import annotations
 
+import json
+import math
+from itertools import accumulate
 from typing import Any
 
 import xxhash
 
+from .. import dtypes
 from ..errors import FormatError, IntegrityError
-from .header import Header
+from .header import MAX_CONTAINERS, METADATA_KEY, Entry, Header, render_entries
 from .manifest import MANIFEST_CHECKSUM_KEY, MANIFEST_KEY, Manifest, parse_manifest
 
-__all__ = ["manifest_of", "xxh3_hex"]
+__all__ = ["manifest_of", "written_header", "xxh3_hex"]
 
 
 def xxh3_hex(data: Any) -> str:
@@ -30,8 +34,90 @@ def manifest_of(header: Header, *, where: str) -> Manifest | None:
         IntegrityError: the manifest text does not match its checksum.
         FormatError: the manifest contradicts the header.
     """
-    text = header.metadata.get(MANIFEST_KEY)
-    digest = header.metadata.get(MANIFEST_CHECKSUM_KEY)
+    m = _manifest(header.metadata, where=where)
+    if m is None:
+        return None
+    names = {e.name for e in header.entries}
+    if names != set(m.stored):
+        extra, missing = sorted(names - set(m.stored)), sorted(set(m.stored) - names)
+        raise FormatError(
+            f"{where}: header tensors and manifest disagree (only in header: {extra[:5]}, "
+            f"only in manifest: {missing[:5]})"
+        )
+    for e in header.entries:
+        s = m.stored[e.name]
+        wire_shape = s.shape if s.dtype.wire is not None else (s.nbytes,)
+        wire = s.dtype.wire or "U8"
+        if e.dtype.wire != wire or e.shape != wire_shape:
+            raise FormatError(
+                f"{where}: tensor {e.name!r} is {e.dtype.wire}{list(e.shape)} in the header "
+                f"but the manifest stores it as {wire}{list(wire_shape)}"
+            )
+    return m
+
+
+def written_header(raw: bytes, *, header_len: int, where: str) -> tuple[Header, Manifest] | None:
+    """The header and manifest of a file whose header is exactly what satchel writes, else None.
+
+    satchel's writer renders the header from the manifest: ``__metadata__`` first, then the
+    stored tensors in the manifest's order, back to back (SPEC 3.11). When rendering the
+    manifest that way gives the very header bytes, every rule of SPEC 1.4-2.7 and 3.4 holds by
+    construction, and the per-entry parse and checks are skipped. Any difference returns
+    ``None``, and the caller takes the general path, which names what is wrong.
+
+    Raises:
+        IntegrityError: the manifest does not match its checksum.
+        FormatError: the manifest breaks a rule of SPEC 3-5.
+    """
+    # SPEC 1.6's container cap comes before any parse (the general path reports it).
+    if not raw.startswith(_PREFIX) or raw.count(b"{") + raw.count(b"[") > MAX_CONTAINERS:
+        return None
+    try:
+        text = raw.decode("ascii")
+        meta, end = _DECODER.raw_decode(text, len(_PREFIX) - 1)
+    except (ValueError, RecursionError):  # not ASCII, not JSON, a repeated key, too deep:
+        # the general path says which
+        return None
+    if type(meta) is not dict or not all(type(v) is str for v in meta.values()):
+        return None
+    m = _manifest(meta, where=where)
+    if m is None or METADATA_KEY in m.stored:
+        return None
+    stored = m.stored.values()
+    ends = list(accumulate(math.prod(s.shape) * s.dtype.itemsize for s in stored))
+    entries = [
+        Entry(name, s.dtype, s.shape, end - s.nbytes, end)
+        if s.dtype.wire is not None
+        else Entry(name, _U8, (s.nbytes,), end - s.nbytes, end)
+        for name, s, end in zip(m.stored, stored, ends, strict=True)
+    ]
+    pos = ends[-1] if ends else 0
+    # The metadata object was parsed above (its spelling does not matter, its value does);
+    # everything after it must be exactly the entries the manifest renders to.
+    rendered = render_entries(entries)
+    if text.rstrip(" ")[end:] != ("," + rendered + "}" if rendered else "}"):
+        return None
+    data_start = 8 + header_len
+    return Header(tuple(entries), meta, data_start, pos, {e.name: e for e in entries}), m
+
+
+def _no_repeats(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        raise ValueError("a key appears twice")  # SPEC 1.5; the general path names it
+    return out
+
+
+_PREFIX = b'{"__metadata__":{'
+_DECODER = json.JSONDecoder(object_pairs_hook=_no_repeats)
+_U8 = dtypes.get("uint8")
+
+
+def _manifest(metadata: dict[str, str], *, where: str) -> Manifest | None:
+    """SPEC 3.1-3.5: the manifest in ``metadata``, checked against its checksum and the
+    metadata; ``None`` when there is none."""
+    text = metadata.get(MANIFEST_KEY)
+    digest = metadata.get(MANIFEST_CHECKSUM_KEY)
     if text is None and digest is None:
         return None
     if text is None or digest is None:
@@ -49,24 +135,8 @@ def manifest_of(header: Header, *, where: str) -> Manifest | None:
             "is damaged (restore the file from a good copy)"
         )
     m = parse_manifest(text, where=where)
-    names = {e.name for e in header.entries}
-    if names != set(m.stored):
-        extra, missing = sorted(names - set(m.stored)), sorted(set(m.stored) - names)
-        raise FormatError(
-            f"{where}: header tensors and manifest disagree (only in header: {extra[:5]}, "
-            f"only in manifest: {missing[:5]})"
-        )
-    for e in header.entries:
-        s = m.stored[e.name]
-        wire_shape = s.shape if s.dtype.wire is not None else (s.nbytes,)
-        wire = s.dtype.wire or "U8"
-        if e.dtype.wire != wire or e.shape != wire_shape:
-            raise FormatError(
-                f"{where}: tensor {e.name!r} is {e.dtype.wire}{list(e.shape)} in the header "
-                f"but the manifest stores it as {wire}{list(wire_shape)}"
-            )
     # SPEC 3.1/3.5: keys starting "satchel" are reserved (for this and future versions).
-    user_meta = {k: v for k, v in header.metadata.items() if not k.startswith(MANIFEST_KEY)}
+    user_meta = {k: v for k, v in metadata.items() if not k.startswith(MANIFEST_KEY)}
     if any(k.startswith(MANIFEST_KEY) for k in m.metadata):
         raise FormatError(f"{where}: manifest metadata uses a reserved 'satchel' key")
     if user_meta != m.metadata:

@@ -13,10 +13,10 @@ import numpy as np
 
 from .._format.header import Header, parse_header, parse_length
 from .._format.manifest import Manifest
-from .._format.validate import manifest_of
+from .._format.validate import manifest_of, written_header
 from ..errors import FormatError, SatchelFileNotFoundError
 
-__all__ = ["Opened", "open_file"]
+__all__ = ["Opened", "open_file", "read_header"]
 
 
 @dataclass(frozen=True)
@@ -31,6 +31,25 @@ class Opened:
     header: Header
     manifest: Manifest | None
     data: np.ndarray[Any, np.dtype[np.uint8]]
+
+
+def read_header(
+    raw: bytes, *, header_len: int, file_size: int, where: str
+) -> tuple[Header, Manifest | None]:
+    """The validated header and manifest of a file (SPEC 1-5), from the header bytes ``raw``.
+
+    A header exactly as satchel writes it is checked against its manifest as a whole (SPEC
+    3.11); any other is parsed and checked entry by entry.
+
+    Raises:
+        FormatError: the header or manifest breaks a SPEC rule.
+        IntegrityError: the manifest does not match its checksum.
+    """
+    fast = written_header(raw, header_len=header_len, where=where)
+    if fast is not None and fast[0].data_len == file_size - 8 - header_len:
+        return fast
+    header = parse_header(raw, header_len=header_len, file_size=file_size, where=where)
+    return header, manifest_of(header, where=where)
 
 
 def open_file(path: str | os.PathLike[str], *, mmap: bool = True) -> Opened:
@@ -62,8 +81,7 @@ def open_file(path: str | os.PathLike[str], *, mmap: bool = True) -> Opened:
         raw = f.read(n)
         if len(raw) != n:
             raise FormatError(f"{where}: file shrank while reading the header")
-        header = parse_header(raw, header_len=n, file_size=size, where=where)
-        manifest = manifest_of(header, where=where)
+        header, manifest = read_header(raw, header_len=n, file_size=size, where=where)
         if header.data_len == 0:
             data = np.empty(0, dtype=np.uint8)
         elif mmap:

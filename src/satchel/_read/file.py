@@ -60,13 +60,31 @@ class ArrayFile:
     ) -> None:
         self._tree = tree
         self._where = path
-        found = _arrays(tree.root, path)
-        names = unique_names(p for p, _ in found)
-        self._index: dict[str, Leafish] = {n: a for n, (_, a) in zip(names, found, strict=True)}
-        refs = [a for a in self._index.values() if isinstance(a, ArrayRef)]
-        self._refs = refs
-        self._m = Materializer(refs, framework=framework, dtype=dtype, device=device, where=path)
+        self._names: dict[str, Leafish] | None = None  # built on first use: load() needs none
+        self._m = Materializer(
+            _Refs(self),
+            framework=framework,
+            dtype=dtype,
+            device=device,
+            where=path,
+            sole=tree.sole,
+        )
         self._closed = False
+        if tree.storages is None:
+            self._index  # noqa: B018 - foreign structures are walked (and refused) at open
+
+    @property
+    def _index(self) -> dict[str, Leafish]:
+        """Name -> array, in structure order (a walk of the whole structure, done once)."""
+        if self._names is None:
+            found = _arrays(self._tree.root, self._where)
+            names = unique_names(p for p, _ in found)
+            self._names = {n: a for n, (_, a) in zip(names, found, strict=True)}
+        return self._names
+
+    @property
+    def _refs(self) -> list[ArrayRef]:
+        return [a for a in self._index.values() if isinstance(a, ArrayRef)]
 
     # -- what the file is ----------------------------------------------------------------------
     @property
@@ -158,6 +176,8 @@ class ArrayFile:
     def storages(self) -> list[Storage]:
         """Every distinct storage the arrays view, in name order (``satchel.verify`` checks
         them one by one)."""
+        if self._tree.storages is not None:
+            return list(self._tree.storages)
         out: dict[int, Storage] = {}
         for ref in self._refs:
             out.setdefault(id(ref.storage), ref.storage)
@@ -215,6 +235,16 @@ class ArrayFile:
             shape = tuple(int(n) for n in x.shape)
             return TensorInfo(str(x.dtype), shape, math.prod(shape) * x.dtype.itemsize, self.format)
         return TensorInfo(x.dtype.name, x.shape, x.nbytes, x.framework or self.format)
+
+
+class _Refs:
+    """The file's refs, listed only when the materializer asks (sharing decisions)."""
+
+    def __init__(self, file: ArrayFile) -> None:
+        self._file = file
+
+    def __iter__(self) -> Iterator[ArrayRef]:
+        return iter(self._file._refs)
 
 
 def _arrays(root: Any, where: str) -> list[tuple[str, Leafish]]:

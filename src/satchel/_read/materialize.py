@@ -22,7 +22,7 @@ from .refs import ArrayRef, Deferred, Storage, ref_of_ndarray
 
 __all__ = ["FrameworkName", "Materializer", "cast_dtype"]
 
-FrameworkName = Literal["auto", "numpy", "torch"]
+FrameworkName = Literal["auto", "numpy", "torch", "tensorflow"]
 
 # dtypes torch.from_numpy cannot take (NumPy knows them only through ml_dtypes).
 _TORCH_VIEW_ONLY = frozenset({"bfloat16", "float8_e4m3fn", "float8_e5m2"})
@@ -64,13 +64,16 @@ class Materializer:
         dtype: Any,
         device: Any,
         where: str,
+        sole: frozenset[int] | None = None,
     ) -> None:
         self._refs = refs
         self._framework = framework
         self._cast = cast_dtype(dtype)
         self._device = device
+        self._plain_torch = self._cast is None and device is None and framework in ("auto", "torch")
         self._where = where
-        self._sole: set[int] | None = None  # ids of storages one whole ref views (torch only)
+        # Ids of storages one whole ref views (torch only); a reader that knows them says so.
+        self._sole: frozenset[int] | set[int] | None = sole
         self._torch: Any = None
         self._bases: dict[tuple[int, str], Any] = {}
         self._made: dict[int, Any] = {}
@@ -83,7 +86,20 @@ class Materializer:
         made = self._made.get(key)
         if made is not None:
             return made
-        out = self._plain(x) if isinstance(x, np.ndarray) else self._from_ref(x)
+        if (
+            type(x) is ArrayRef
+            and x.kind == "tensor"
+            and self._plain_torch
+            and (x.framework == "torch" or self._framework == "torch")
+            and x.dtype.name not in _TORCH_VIEW_ONLY
+            and id(x.storage) in self._sole_storages()
+        ):
+            # The bulk of a state dict: a whole stored tensor, no cast, no device; what
+            # _torch_leaf would do, without its dispatch (50,000 times in a large file).
+            data = x.storage.data
+            out = self._torch_adapter().from_numpy(np.ndarray(x.shape, x.dtype.numpy, data))
+        else:
+            out = self._plain(x) if isinstance(x, np.ndarray) else self._from_ref(x)
         self._made[key] = out
         return out
 
@@ -101,6 +117,8 @@ class Materializer:
             return bytes(storage.data)
         if fw == "torch":
             return self._torch_leaf(ref)
+        if fw == "tensorflow":
+            return self._tf_leaf(ref)
         arr = np_adapter.materialize(
             self._base(storage, "numpy"), ref.dtype, ref.shape, ref.offset, ref.strides
         )
@@ -111,10 +129,11 @@ class Materializer:
     def _torch_leaf(self, ref: ArrayRef) -> Any:
         adapter = self._torch_adapter()
         if ref.dtype.name not in _TORCH_VIEW_ONLY and id(ref.storage) in self._sole_storages():
-            # The common case, a whole stored tensor: one NumPy view, one from_numpy.
-            t = adapter.from_numpy(
-                np_adapter.materialize(ref.storage.data, ref.dtype, ref.shape, 0, ref.strides)
-            )
+            # The common case, a whole stored tensor: one NumPy view (C order, as the storage
+            # holds it), one from_numpy; a plain tensor left as it is needs nothing more.
+            t = adapter.from_numpy(np.ndarray(ref.shape, ref.dtype.numpy, ref.storage.data))
+            if ref.kind == "tensor" and self._cast is None and self._device is None:
+                return t
         else:
             t = adapter.materialize(
                 self._base(ref.storage, "torch"), ref.dtype, ref.shape, ref.offset, ref.strides
@@ -127,8 +146,31 @@ class Materializer:
             device=self._device,
         )
 
+    def _tf_leaf(self, ref: ArrayRef) -> Any:
+        try:
+            from ..adapters import tensorflow as tf_adapter
+        except ImportError as e:
+            raise FrameworkNotAvailableError(
+                f"{self._where}: TensorFlow tensors asked for but tensorflow is not installed; "
+                "pass framework='numpy' to get NumPy arrays"
+            ) from e
+        arr = np_adapter.materialize(
+            self._base(ref.storage, "numpy"), ref.dtype, ref.shape, ref.offset, ref.strides
+        )
+        return tf_adapter.finish(
+            arr,
+            kind=ref.kind,
+            requires_grad=ref.requires_grad,
+            dtype=self._cast,
+            device=self._device,
+        )
+
     def _plain(self, a: np.ndarray[Any, Any]) -> Any:
         # Foreign readers may hand over a ready NumPy array (decoded, not mapped).
+        if self._framework == "tensorflow":
+            ref = ref_of_ndarray(a)
+            self._keep.append(ref)
+            return self._tf_leaf(ref)
         if self._framework != "torch":
             return a
         ref = ref_of_ndarray(a)
@@ -137,7 +179,7 @@ class Materializer:
 
     def _framework_of(self, ref: ArrayRef) -> str:
         if self._framework == "auto":
-            return "torch" if ref.framework == "torch" else "numpy"
+            return ref.framework if ref.framework in ("torch", "tensorflow") else "numpy"
         return self._framework
 
     def _torch_adapter(self) -> Any:
@@ -152,7 +194,7 @@ class Materializer:
             self._torch = torch_adapter
         return self._torch
 
-    def _sole_storages(self) -> set[int]:
+    def _sole_storages(self) -> frozenset[int] | set[int]:
         if self._sole is None:
             users: dict[int, int] = {}
             seen: set[int] = set()
@@ -214,7 +256,8 @@ class Materializer:
                 out = OrderedDict() if isinstance(x, OrderedDict) else {}
                 memo[key] = out
                 for k, v in x.items():
-                    out[k] = walk(v, depth + 1)
+                    # A dict of arrays (a state dict) is most of what is loaded: one call less.
+                    out[k] = array(v) if type(v) is ArrayRef else walk(v, depth + 1)
                 meta = getattr(x, "_metadata", None)
                 if meta is not None:
                     out._metadata = walk(meta, depth + 1)

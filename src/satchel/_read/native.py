@@ -8,6 +8,7 @@ touch (SPEC 3.7), so ``ck[name]`` reads and verifies only the bytes it needs.
 from __future__ import annotations
 
 import os
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from functools import partial
 
@@ -47,8 +48,40 @@ def native_tree(opened: Opened, *, verify: bool) -> Tree:
         }
         return Tree(root, "safetensors", dict(header.metadata))
     refs = leaf_refs(manifest.leaves, storages)
-    root = unflatten(manifest.root, refs.__getitem__, where=where)
-    return Tree(root, "satchel", dict(manifest.metadata), manifest.module, checksummed=True)
+    flat = manifest.flat
+    if flat is None:
+        root = unflatten(manifest.root, refs.__getitem__, where=where)
+    else:  # a state dict: built in one pass (validated by flat_dict)
+        root = dict(zip(flat[0], map(refs.__getitem__, flat[1]), strict=True))
+    return Tree(
+        root,
+        "satchel",
+        dict(manifest.metadata),
+        manifest.module,
+        checksummed=True,
+        storages=_in_use_order(manifest.leaves, storages, flat),
+        sole=_sole(manifest.leaves, storages),
+    )
+
+
+def _in_use_order(
+    leaves: Sequence[Leaf],
+    storages: Mapping[str, Storage],
+    flat: tuple[list[str], list[int]] | None,
+) -> tuple[Storage, ...]:
+    """The storages the leaves view, in the order the structure first uses them (what a walk
+    of the structure would list: errors then name the first tensor in the file's order)."""
+    order = flat[1] if flat is not None else range(len(leaves))
+    return tuple(dict.fromkeys(storages[leaves[i].data] for i in order))
+
+
+def _sole(leaves: Sequence[Leaf], storages: Mapping[str, Storage]) -> frozenset[int]:
+    """Ids of the storages exactly one leaf views, as a whole (most of them: the fast path)."""
+    users = Counter(leaf.data for leaf in leaves)
+    views = {leaf.data for leaf in leaves if leaf.strides is not None}
+    return frozenset(
+        id(storages[name]) for name, n in users.items() if n == 1 and name not in views
+    )
 
 
 def stored_storages(opened: Opened, *, verify: bool) -> dict[str, Storage]:

@@ -1,7 +1,9 @@
 """Any path to an :class:`ArrayFile`: detect the format, run its reader, wrap the tree.
 
 The single entry of the read pipeline: ``load``, ``open``, ``verify``, ``convert``,
-``load_state`` and the commands all come through here, so each reads a file once.
+``load_state`` and the commands all come through here, so each reads a file once. A URL
+(``s3://bucket/key``, any fsspec URL) is one more kind of storage: ``_remote.reader`` builds
+the same :class:`Tree` over ranged reads (SPEC 11).
 """
 
 from __future__ import annotations
@@ -10,7 +12,9 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ..errors import FormatError
+from .._remote.reader import read_url
+from .._remote.url import StorageOptions, is_url
+from ..errors import FormatError, UsageError
 from ..formats import registry
 from ..formats.detect import describe_unknown, sniffed
 from .file import ArrayFile
@@ -32,13 +36,24 @@ def open_path(
     dtype: Any = None,
     mmap: bool = True,
     verify: bool = True,
+    storage_options: StorageOptions = None,
+    whole: bool = False,
 ) -> ArrayFile:
     """Open ``path`` in whatever format it is; no tensor data is read yet.
+
+    A URL is read from its store with ``storage_options``; ``whole`` fetches all of its data
+    now, in parallel (``load`` and ``verify`` read every byte anyway).
 
     Raises:
         SatchelFileNotFoundError: no such file.
         FormatError: no reader recognises it, or the one that does finds a broken field.
     """
+    if is_url(path):
+        url = str(path)
+        tree = read_url(url, storage_options=storage_options, verify=verify, whole=whole)
+        return ArrayFile(tree, path=url, framework=framework, device=device, dtype=dtype)
+    if storage_options:
+        raise UsageError(f"{path}: storage_options apply to URLs (s3://...), not to local paths")
     try:
         return _open(path, framework, device, dtype, mmap, verify)
     except FormatError as e:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import numpy as np
 
@@ -25,6 +25,7 @@ __all__ = [
     "ArrayRef",
     "Deferred",
     "Kind",
+    "Ranged",
     "Storage",
     "Tree",
     "c_strides",
@@ -35,6 +36,12 @@ __all__ = [
 U8Array = np.ndarray[Any, np.dtype[np.uint8]]
 Kind = Literal["tensor", "parameter", "scalar", "bytes"]
 Check = Callable[[U8Array], None]
+
+
+class Ranged(Protocol):
+    """Bytes fetched when sliced (an object in a remote store: ``_remote.ranged``)."""
+
+    def __getitem__(self, s: slice, /) -> U8Array: ...
 
 
 class Storage:
@@ -56,7 +63,7 @@ class Storage:
         name: str,
         *,
         nbytes: int | None = None,
-        region: tuple[U8Array, int, int] | None = None,
+        region: tuple[U8Array | Ranged, int, int] | None = None,
         check: Check | None = None,
         origin: str = "",
     ) -> None:
@@ -225,3 +232,7 @@ class Tree:
     metadata: dict[str, str]
     module: str | None = None
     checksummed: bool = False
+    # What a reader may know in bulk, so opening need not walk the structure: every storage
+    # the arrays view, and the ids of those viewed by exactly one ref that is the whole storage.
+    storages: tuple[Storage, ...] | None = None
+    sole: frozenset[int] | None = None

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .._format.header import json_object
 from .._format.manifest import MANIFEST_CHECKSUM_KEY, MANIFEST_KEY, Manifest, parse_manifest
 from .._format.validate import xxh3_hex
 from ..errors import FormatError, IntegrityError
 from .names import safe_member
+from .pool import is_ref, parse_ref
 
 __all__ = ["MAX_INDEX", "Index", "encode_index", "parse_index"]
 
@@ -27,12 +28,17 @@ MAX_INDEX = 100_000_000  # as the single-file header cap (SPEC 1.2): bounds pars
 @dataclass(frozen=True)
 class Index:
     """A validated index: tensor -> shard file, the shard files in first-use order, the
-    ``metadata`` object, and satchel's manifest when satchel wrote it."""
+    ``metadata`` object, and satchel's manifest when satchel wrote it.
+
+    An incremental checkpoint's item (SPEC 8.17) maps tensors to pool references instead:
+    ``pool`` holds them as tensor -> (pool file, key), and ``files`` then lists no shard.
+    """
 
     weight_map: dict[str, str]
     files: tuple[str, ...]
     metadata: dict[str, object]
     manifest: Manifest | None
+    pool: dict[str, tuple[str, str]] = field(default_factory=dict)
 
 
 def encode_index(
@@ -53,8 +59,12 @@ def encode_index(
     return (json.dumps(doc, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
 
 
-def parse_index(raw: bytes, *, where: str) -> Index:
+def parse_index(raw: bytes, *, where: str, pool: bool = False) -> Index:
     """Validate an index (SPEC 9.2, 9.5): every field checked before any shard is opened.
+
+    With ``pool``, weight_map values may be pool references (SPEC 8.17) instead of shard
+    files; a reader that cannot resolve them in a checkpoint root leaves it false and refuses
+    them as any value that is not a plain file name.
 
     Raises:
         FormatError: not an index, or an entry names something other than a plain file in
@@ -72,7 +82,19 @@ def parse_index(raw: bytes, *, where: str) -> Index:
             field="weight_map",
         )
     files: dict[str, None] = {}
+    refs: dict[str, tuple[str, str]] = {}
     for name, file in weight_map.items():
+        if pool and is_ref(file):
+            ref = parse_ref(file)
+            if ref is None:
+                raise FormatError(
+                    f"{where}: weight_map entry {name!r} is {file!r}, not a valid pool "
+                    "reference 'pool:<pool file>:<tensor>' (SPEC 8.17)",
+                    path=where,
+                    field=name,
+                )
+            refs[name] = ref
+            continue
         if not safe_member(file):
             raise FormatError(
                 f"{where}: weight_map entry {name!r} names {file!r}, which is not a plain file "
@@ -89,7 +111,21 @@ def parse_index(raw: bytes, *, where: str) -> Index:
         raise FormatError(
             f"{where}: metadata.total_size must be a number", path=where, field="total_size"
         )
-    return Index(dict(weight_map), tuple(files), metadata, _manifest(doc, weight_map, where))
+    if refs and files:
+        raise FormatError(
+            f"{where}: weight_map mixes pool references and shard files; an incremental item "
+            "references the pool only (SPEC 8.17)",
+            path=where,
+            field="weight_map",
+        )
+    manifest = _manifest(doc, weight_map, where)
+    if refs and manifest is None:
+        raise FormatError(
+            f"{where}: pool references need satchel's manifest in the index (SPEC 8.17)",
+            path=where,
+            field="weight_map",
+        )
+    return Index(dict(weight_map), tuple(files), metadata, manifest, refs)
 
 
 def _manifest(doc: dict[str, object], weight_map: dict[str, str], where: str) -> Manifest | None:

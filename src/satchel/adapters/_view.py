@@ -11,7 +11,7 @@ from ..dtypes import DType
 
 __all__ = ["ArrayView", "Framework", "Kind", "Memory", "c_strides"]
 
-Framework = Literal["numpy", "torch"]
+Framework = Literal["numpy", "torch", "tensorflow"]
 Kind = Literal["tensor", "parameter", "scalar", "bytes"]
 
 

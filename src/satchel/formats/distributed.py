@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from .._dist.layout import LAYOUT_FILE, MAX_LAYOUT, Layout, TensorLayout, parse_layout
+from .._dist.layout import piece_path as _piece_path
 from .._read.file import ArrayFile
 from .._read.native import read_native
 from .._read.refs import ArrayRef, Storage, Tree
@@ -25,12 +26,21 @@ from ._reader import Probe
 
 __all__ = ["read", "sniff"]
 
+_MARK = b'{"format":"satchel-distributed"'
+
 
 def sniff(probe: Probe) -> bool:
     if not probe.is_dir:
         # The layout file itself, from its bytes (the commit record names it for the item).
         return probe.head.startswith(b'{"format":"satchel-distributed"')
-    return (probe.path / LAYOUT_FILE).is_file() and any(probe.path.glob("pieces-*.satchel"))
+    # An incremental save's item may hold the layout alone, its pieces in the pool (SPEC 10.7).
+    layout = probe.path / LAYOUT_FILE
+    if not layout.is_file():
+        return False
+    if any(probe.path.glob("pieces-*.satchel")):
+        return True
+    with layout.open("rb") as f:
+        return f.read(len(_MARK)) == _MARK
 
 
 def read(path: Path, *, verify: bool = True) -> Tree:
@@ -62,7 +72,7 @@ def _tensor(
     for p in t.pieces:
         f = files.get(p.file)
         if f is None:
-            piece_path = folder / p.file
+            piece_path = _piece_path(folder, p.file, where)  # SPEC 10.7: or in the root's pool
             if not piece_path.is_file() or piece_path.is_symlink():
                 raise FormatError(
                     f"{where}: tensor {t.name!r} has a piece in {p.file}, which is missing or "

@@ -1,0 +1,218 @@
+"""Reading a satchel/safetensors object or a sharded folder at a URL, as a :class:`Tree`.
+
+The same validation as a local file (SPEC 1-5, 9), over ranged reads (SPEC 11.2): the object's
+size, then one ranged GET of its first :data:`FIRST_RANGE` bytes, which holds the header of
+all but huge files (a second GET fetches the rest of a longer one). Each stored tensor is a
+:class:`Storage` over a :class:`RangedBytes` region, fetched and checked against its xxh3-64
+when first touched (SPEC 3.7): a tensor changed after the save raises ``IntegrityError``.
+A sharded folder reads its index, then each shard's header (concurrently), never its data.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+import numpy as np
+
+from .._format.header import Header, parse_header, parse_length
+from .._format.manifest import Manifest
+from .._format.validate import manifest_of
+from .._read.native import _check, leaf_refs
+from .._read.refs import ArrayRef, Ranged, Storage, Tree
+from .._shards.index import MAX_INDEX, parse_index
+from .._tree import unflatten
+from ..adapters import c_strides
+from ..errors import FormatError, SatchelFileNotFoundError
+from ..formats.sharded import _promised, _same_as_index
+from .ranged import RangedBytes
+from .store import Store, open_store
+from .url import StorageOptions, join
+
+__all__ = ["FIRST_RANGE", "read_url"]
+
+FIRST_RANGE = 1 << 20  # one request holds the header of every file but a 50,000-tensor one
+_SAFE_INDEX = ".safetensors.index.json"
+
+
+@dataclass(frozen=True)
+class _Object:
+    """A validated object: its header, manifest and where its data section is."""
+
+    url: str
+    header: Header
+    manifest: Manifest | None
+    data: np.ndarray[Any, np.dtype[np.uint8]] | Ranged
+
+
+def read_url(
+    url: str,
+    *,
+    storage_options: StorageOptions = None,
+    verify: bool = True,
+    whole: bool = False,
+    concurrency: int = 16,
+) -> Tree:
+    """The file or sharded folder at ``url``, lazily (``whole`` fetches all data now, in
+    parallel: ``load`` and ``verify`` need every byte).
+
+    Raises:
+        SatchelFileNotFoundError: nothing at ``url``.
+        FormatError: the bytes break a SPEC rule, or are not a format satchel reads remotely.
+        IntegrityError: a shard changed since its index was written.
+        SatchelOSError: the store cannot be reached (names the URL).
+    """
+    store = open_store(url, storage_options)
+    size = store.size(url)
+    if size is None:
+        return _folder(store, url, verify=verify, whole=whole, concurrency=concurrency)
+    head = store.read(url, 0, min(size, FIRST_RANGE))
+    if head.lstrip()[:1] == b"{" and b'"weight_map"' in head:  # the index file itself
+        folder = url.rstrip("/").rpartition("/")[0]
+        return _sharded(store, folder, url, verify=verify, whole=whole, concurrency=concurrency)
+    obj = _open(store, url, size, head, whole=whole, concurrency=concurrency)
+    return _tree(obj, verify=verify)
+
+
+def _open(
+    store: Store, url: str, size: int, head: bytes, *, whole: bool, concurrency: int
+) -> _Object:
+    try:
+        n = parse_length(head[:8], size, where=url)
+    except FormatError as e:
+        raise FormatError(
+            f"{e}. From object storage satchel reads satchel and safetensors files and sharded "
+            "folders; copy other formats to a local file first",
+            path=url,
+            field="header length",
+        ) from e
+    raw = head[8 : 8 + n]
+    if len(raw) < n:  # a header longer than the first range: one more request
+        raw += store.read(url, len(head), 8 + n)
+    header = parse_header(raw, header_len=n, file_size=size, where=url)
+    manifest = manifest_of(header, where=url)
+    data: np.ndarray[Any, np.dtype[np.uint8]] | Ranged
+    ranged = RangedBytes(store, url, header.data_start, header.data_len, concurrency=concurrency)
+    data = ranged.fetch_all() if whole else ranged
+    return _Object(url, header, manifest, data)
+
+
+def _storages(obj: _Object, *, verify: bool) -> dict[str, Storage]:
+    """As the native reader's: one lazily sliced storage per stored tensor, checked on first
+    touch (SPEC 3.7)."""
+    checked = verify and obj.manifest is not None
+    out = {}
+    for e in obj.header.entries:
+        check = None
+        if checked:
+            check = partial(_check, obj.url, e.name, obj.manifest.stored[e.name].xxh3)  # type: ignore[union-attr]
+        region = (obj.data, e.start, e.end)
+        out[e.name] = Storage(None, e.name, region=region, check=check, origin=obj.url)
+    return out
+
+
+def _tree(obj: _Object, *, verify: bool) -> Tree:
+    storages = _storages(obj, verify=verify)
+    if obj.manifest is None:
+        root = {
+            e.name: ArrayRef(
+                storages[e.name], e.dtype, e.shape, c_strides(e.shape), 0, framework="numpy"
+            )
+            for e in obj.header.entries
+        }
+        return Tree(root, "safetensors", dict(obj.header.metadata))
+    m = obj.manifest
+    refs = leaf_refs(m.leaves, storages)
+    root = unflatten(m.root, refs.__getitem__, where=obj.url)
+    return Tree(root, "satchel", dict(m.metadata), m.module, checksummed=True)
+
+
+def _folder(store: Store, url: str, *, verify: bool, whole: bool, concurrency: int) -> Tree:
+    """A folder URL: its safetensors index (or its lone ``model.safetensors``)."""
+    names = store.names(url)
+    if not names:
+        raise SatchelFileNotFoundError(f"{url}: no such object or folder")
+    found = sorted(n for n in names if n.endswith(_SAFE_INDEX) and not n.startswith("."))
+    if len(found) > 1:
+        raise FormatError(
+            f"{url}: holds several shard indexes ({', '.join(found)}); pass the index to read",
+            path=url,
+            field="index",
+        )
+    if found:
+        index = join(url, found[0])
+        return _sharded(store, url, index, verify=verify, whole=whole, concurrency=concurrency)
+    if "model.safetensors" in names:
+        return _read_object(store, join(url, "model.safetensors"), verify, whole, concurrency)
+    raise FormatError(
+        f"{url}: a folder without {'model' + _SAFE_INDEX} or model.safetensors; satchel reads "
+        "single objects and sharded safetensors folders from object storage",
+        path=url,
+    )
+
+
+def _read_object(store: Store, url: str, verify: bool, whole: bool, concurrency: int) -> Tree:
+    """One object of a store already open."""
+    size = store.size(url)
+    if size is None:
+        raise SatchelFileNotFoundError(f"{url}: no such object")
+    head = store.read(url, 0, min(size, FIRST_RANGE))
+    return _tree(_open(store, url, size, head, whole=whole, concurrency=concurrency), verify=verify)
+
+
+def _sharded(
+    store: Store, folder: str, index_url: str, *, verify: bool, whole: bool, concurrency: int
+) -> Tree:
+    """SPEC 9 over a store: the index, every shard's header, the checkpoint's tree."""
+    index = parse_index(store.read_all(index_url, MAX_INDEX), where=index_url)
+    if not all(n.endswith(".safetensors") for n in index.files):
+        raise FormatError(
+            f"{index_url}: names .bin shards; satchel reads safetensors shards from object "
+            "storage (convert the folder locally first)",
+            path=index_url,
+            field="weight_map",
+        )
+
+    def header_of(name: str) -> _Object:
+        url = join(folder, name)
+        size = store.size(url)
+        if size is None:
+            raise FormatError(
+                f"{index_url}: the index names shard {name}, which does not exist",
+                path=index_url,
+                field=name,
+            )
+        head = store.read(url, 0, min(size, FIRST_RANGE))
+        return _open(store, url, size, head, whole=whole, concurrency=concurrency)
+
+    with ThreadPoolExecutor(max_workers=max(1, min(concurrency, len(index.files)))) as pool:
+        objects = dict(zip(index.files, pool.map(header_of, index.files), strict=True))
+    storages: dict[str, Storage] = {}
+    refs: dict[str, ArrayRef] = {}
+    owner: dict[str, str] = {}
+    for file, obj in objects.items():
+        if index.manifest is not None:
+            _same_as_index(index.manifest, obj.manifest, index, file, index_url)
+            storages.update(_storages(obj, verify=verify))
+        else:
+            root = _tree(obj, verify=verify).root
+            refs.update((k, v) for k, v in root.items() if isinstance(v, ArrayRef))
+        for e in obj.header.entries:
+            if e.name in owner:
+                raise FormatError(
+                    f"{index_url}: tensor {e.name!r} is in two shards ({owner[e.name]} and {file})",
+                    path=index_url,
+                    field=e.name,
+                )
+            owner[e.name] = file
+    _promised(index, owner, index_url)
+    if index.manifest is not None:
+        m = index.manifest
+        leaves = leaf_refs(m.leaves, storages)
+        root = unflatten(m.root, leaves.__getitem__, where=f"{index_url}: satchel manifest")
+        return Tree(root, "sharded", dict(m.metadata), m.module, checksummed=True)
+    flat = {name: refs[name] for name in index.weight_map}
+    checksummed = verify and all(o.manifest is not None for o in objects.values())
+    return Tree(flat, "sharded", {"format": "sharded"}, checksummed=checksummed)
