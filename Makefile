@@ -29,6 +29,8 @@ bench: $(STAMP)
 	$(PY) benchmarks/async_stall.py >> docs/benchmarks.md
 	$(PY) benchmarks/sharded.py >> docs/benchmarks.md
 	$(PY) benchmarks/distributed.py >> docs/benchmarks.md
+	$(PY) benchmarks/incremental.py >> docs/benchmarks.md
+	$(PY) benchmarks/remote.py >> docs/benchmarks.md
 
 # Other projects' hostile files (not in the repository), each run as it is and wrapped in every
 # pickle-carrying container, one sandboxed process per case (not part of `make test`).

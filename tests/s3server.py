@@ -65,6 +65,7 @@ class CountingS3(s3fs.S3FileSystem):
         super().__init__(*args, **kwargs)
         self.calls: list[tuple[str, str | None]] = []
         self.keys: list[tuple[str, str]] = []
+        self.sent: list[tuple[str, int]] = []  # (key, body bytes) of each PUT and upload_part
         self._lock = threading.Lock()
 
     async def _call_s3(self, method: Any, *args: Any, **kwargs: Any) -> Any:
@@ -72,6 +73,8 @@ class CountingS3(s3fs.S3FileSystem):
         with self._lock:
             self.calls.append((name, kwargs.get("Range")))
             self.keys.append((name, str(kwargs.get("Key", ""))))
+            if name in ("put_object", "upload_part"):
+                self.sent.append((str(kwargs.get("Key", "")), len(kwargs.get("Body") or b"")))
         return await super()._call_s3(method, *args, **kwargs)
 
     def gets(self) -> list[tuple[int, int]]:
@@ -89,7 +92,8 @@ class CountingS3(s3fs.S3FileSystem):
 
 
 class FaultyS3(s3fs.S3FileSystem):
-    """s3fs whose ``fail_on``-th upload_part runs ``fault`` (raise, or stop the server) first."""
+    """s3fs whose ``fail_on``-th upload_part (or the PUT of a key ending with ``fail_put``) runs
+    ``fault`` (raise, or stop the server) first."""
 
     protocol = ("s3faulty",)
 
@@ -98,9 +102,14 @@ class FaultyS3(s3fs.S3FileSystem):
         self.fail_on = 0
         self.fault: Callable[[], None] = lambda: None
         self.parts = 0
+        self.fail_put = ""  # a put_object whose key ends with this runs ``fault`` first
         self._lock = threading.Lock()
 
     async def _call_s3(self, method: Any, *args: Any, **kwargs: Any) -> Any:
+        key = str(kwargs.get("Key", ""))
+        if method == "put_object" and self.fail_put and key.endswith(self.fail_put):
+            self.fail_put = ""
+            self.fault()
         if method == "upload_part":
             with self._lock:
                 self.parts += 1

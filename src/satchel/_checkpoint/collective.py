@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,11 +20,18 @@ import torch.distributed as dist
 from torch.distributed.checkpoint.state_dict import _init_optim_state
 
 from .._api import load
-from .._dist.layout import LAYOUT_FILE, MAX_LAYOUT, parse_layout, pool_file_of, pool_piece
+from .._dist.layout import (
+    LAYOUT_FILE,
+    MAX_LAYOUT,
+    Layout,
+    parse_layout,
+    pool_file_of,
+    pool_piece,
+)
 from .._dist.ranks import Pieces, read_into, take_pieces, write_pieces
 from .._io.atomic import fsync_dir
 from .._io.writer import write_plan
-from .._plan import digests, plan_save
+from .._plan import Plan, digests, plan_save
 from .._shards.pool import POOL_DIR, pool_file_name
 from .._tree import unflatten
 from ..errors import CheckpointNotFoundError, SatchelError
@@ -34,7 +42,16 @@ from .layout import EXTRA_ITEM, step_name
 from .record import FileRecord, ItemRecord, read_commit
 from .view import CheckpointRoot, RestoreResult
 
-__all__ = ["private_group", "restore_collective", "save_collective", "take_all"]
+__all__ = [
+    "Placer",
+    "fill_target",
+    "pooled_pieces",
+    "private_group",
+    "referenced_pool",
+    "restore_collective",
+    "save_collective",
+    "take_all",
+]
 
 
 def _word(value: Any, group: Any) -> Any:
@@ -81,13 +98,13 @@ def save_collective(
     if isinstance(word, str):
         raise SatchelError(f"distributed save of step {step} failed, nothing committed: {word}")
     folder = Path(word[0])
-    placers: list[_Placer] = []
+    placers: list[Placer] = []
     try:
         records = {}
         for name, value in items.items():
             placer = None
             if incremental:
-                placer = _Placer(folder.parent, step, word[1], name, rank)
+                placer = Placer(folder.parent, step, word[1], name, rank)
                 placers.append(placer)
             if taken is None:
                 pieces = take_pieces(value, rank=rank, world=dist.get_world_size(group), copy=False)
@@ -106,7 +123,7 @@ def save_collective(
         try:
             for name in items:
                 fsync_dir(folder / name)
-            pool = _referenced(placers)
+            pool = referenced_pool(placers)
             if pool:
                 fsync_dir(folder.parent / POOL_DIR)  # every rank's pool files, durably named
             mgr._finish(step, folder, records, metrics, prepared[1], prepared[2], pool)
@@ -186,14 +203,25 @@ def _sizes_ok(step_folder: Path, rec: ItemRecord) -> bool:
 def _into(target: Any, item: Path) -> bool:
     """Read a distributed item into a model or optimizer in place; False for other targets."""
     layout = parse_layout((item / LAYOUT_FILE).read_bytes(), where=str(item / LAYOUT_FILE))
+    return fill_target(target, layout, item)
+
+
+def fill_target(
+    target: Any,
+    layout: Layout,
+    item: Path | str,
+    open_piece: Callable[[str], Any] | None = None,
+) -> bool:
+    """:func:`_into` for a parsed layout; ``open_piece`` opens the pieces where ``item`` is not
+    a local folder (its URL)."""
     if hasattr(target, "named_parameters"):
-        read_into(target.state_dict(), layout, item)
+        read_into(target.state_dict(), layout, item, open_piece=open_piece)
         return True
     if hasattr(target, "param_groups") and hasattr(target, "load_state_dict"):
         if not target.state_dict()["state"]:
             _init_state(target)
         state = target.state_dict()
-        read_into(state["state"], layout, item, prefix="state")
+        read_into(state["state"], layout, item, prefix="state", open_piece=open_piece)
         saved = unflatten(layout.skeleton, lambda i: None, where=str(item))
         state["param_groups"] = saved["param_groups"]
         target.load_state_dict(state)
@@ -231,15 +259,14 @@ def take_all(items: dict[str, Any], group: Any) -> dict[str, Pieces]:
     return {name: take_pieces(v, rank=rank, world=world, copy=True) for name, v in items.items()}
 
 
-class _Placer:
+class Placer:
     """One rank's incremental placement of one item's pieces (SPEC 10.7): a piece the newest
     committed step stored in the pool under the same key, with the same bytes, is reused;
     the others go into one new pool file of this rank."""
 
     def __init__(self, root: Path, step: int, newest: str | None, item: str, rank: int) -> None:
-        self.step, self.rank = step, rank
-        self.previous: dict[str, str] = {}
         known = None
+        previous: dict[str, str] = {}
         if newest is not None:
             folder = Path(newest)
             try:
@@ -250,12 +277,13 @@ class _Placer:
                 pass  # nothing to reuse from a step this rank cannot read
             else:
                 known = (folder, record)
-                for t in layout.tensors:
-                    for p in t.pieces:
-                        file = pool_file_of(p.file)
-                        if file is not None:
-                            self.previous[p.key] = file
-        self.pool = Pool(root, step, known)
+                previous = pooled_pieces(layout)
+        self._setup(Pool(root, step, known), step, rank, previous)
+
+    def _setup(self, pool: Pool, step: int, rank: int, previous: dict[str, str]) -> None:
+        """The state :meth:`place` decides from (an object-store placer, whose ``__init__``
+        reads the newest step from the store, calls this too)."""
+        self.step, self.rank, self.pool, self.previous = step, rank, pool, previous
         self.written: list[tuple[str, int, str]] = []
         self.reused: set[str] = set()
 
@@ -279,13 +307,16 @@ class _Placer:
         written = []
         if new:
             name = pool_file_name(self.step, secrets.token_hex(4), self.rank + 1)
-            out = write_plan(
-                plan_save(new), self.pool.blobs / name, file_digest=True, sync_folder=False
-            )
-            written.append((name, out.size, out.xxh3))
+            size, digest = self._write_new(name, plan_save(new))
+            written.append((name, size, digest))
             where.update((k, pool_piece(name)) for k in new)
         self.pool.close()
         return where, written, sorted(reused)
+
+    def _write_new(self, name: str, plan: Plan) -> tuple[int, str]:
+        """Write this rank's new pool file (fsynced; the folder is synced before the commit)."""
+        out = write_plan(plan, self.pool.blobs / name, file_digest=True, sync_folder=False)
+        return out.size, out.xxh3
 
     def gathered(self, written: list[tuple[str, int, str]], reused: set[str]) -> None:
         self.written, self.reused = written, reused
@@ -299,7 +330,18 @@ class _Placer:
         return out
 
 
-def _referenced(placers: list[_Placer]) -> tuple[FileRecord, ...]:
+def pooled_pieces(layout: Layout) -> dict[str, str]:
+    """Piece key -> the pool file holding it, for the pieces ``layout`` has in the pool."""
+    out = {}
+    for t in layout.tensors:
+        for p in t.pieces:
+            file = pool_file_of(p.file)
+            if file is not None:
+                out[p.key] = file
+    return out
+
+
+def referenced_pool(placers: Sequence[Placer]) -> tuple[FileRecord, ...]:
     """Every pool file the step references, for its commit record (rank 0)."""
     out: dict[str, FileRecord] = {}
     for p in placers:

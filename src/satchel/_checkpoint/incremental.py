@@ -37,7 +37,7 @@ import numpy as np
 
 from .._format.manifest import Manifest, Stored, encode_manifest
 from .._io.atomic import fsync_dir
-from .._io.reader import Opened, open_file
+from .._io.reader import open_file
 from .._io.writer import write_plan
 from .._plan import Plan, StoredTensor, digests, plan_flat
 from .._shards.index import MAX_INDEX, encode_index, parse_index
@@ -82,13 +82,13 @@ class Pool:
     returns every pool file the step references, for the commit record.
     """
 
-    def __init__(self, root: Path, step: int, newest: tuple[Path, CommitRecord] | None) -> None:
+    def __init__(self, root: Path, step: int, newest: tuple[Any, CommitRecord] | None) -> None:
         self.root = root
         self.step = step
-        self.blobs = root / POOL_DIR
+        self.blobs: Any = root / POOL_DIR  # a URL (str) in the object-store subclass
         self._known: dict[tuple[int, str], list[_Known]] = {}
         self._records: dict[str, FileRecord] = {}  # the newest step's pool files
-        self._open: dict[str, Opened | None] = {}
+        self._open: dict[str, Any] = {}  # an Opened (or a remote one), None: unreadable
         self._entries: dict[str, dict[str, tuple[int, int]]] = {}  # file -> key -> byte range
         self.reused: set[str] = set()
         self.written: list[FileRecord] = []
@@ -98,7 +98,7 @@ class Pool:
             self._learn(*newest)
 
     # -- what the newest committed step stored --------------------------------------------
-    def _learn(self, folder: Path, record: CommitRecord) -> None:
+    def _learn(self, folder: Any, record: CommitRecord) -> None:
         self._records = {f.file: f for f in record.pool}
         if not self._records:
             return  # not an incremental step: nothing to reuse
@@ -106,7 +106,7 @@ class Pool:
             if item.folder is None or not any(f.file == SHARD_INDEX for f in item.files):
                 continue
             try:
-                index = _read_index(folder, item.folder)
+                index = self._read_index(folder, item.folder)
             except (SatchelError, OSError):
                 continue  # an item that cannot be read offers nothing to reuse
             if index.manifest is None:
@@ -118,19 +118,30 @@ class Pool:
                         _Known(file, key)
                     )
 
+    # Where the stored bytes come from: the two hooks an object-store pool overrides
+    # (``remote_pool.RemotePool``); every decision above and below stays the same.
+    def _read_index(self, folder: Any, item: str) -> Any:
+        """The pooled index of item ``item`` of the step at ``folder``."""
+        return _read_index(folder, item)
+
+    def _open_pool(self, file: str) -> Any:
+        """Pool file ``file`` opened (``header``, ``manifest``, sliceable ``data``), or
+        ``None`` when it cannot be read as a regular file."""
+        path = self.blobs / file
+        try:
+            # A link is never followed (readers refuse one: the step would not be valid).
+            regular = stat.S_ISREG(os.lstat(path).st_mode)
+            return open_file(path) if regular else None
+        except (SatchelError, OSError):
+            return None
+
     def _entry(
         self, file: str, key: str, nbytes: int, xxh3: str
     ) -> tuple[int, np.ndarray[Any, Any]] | None:
         """Where ``file:key`` starts in the data section and its bytes, when the pool file
         records that length and xxh3."""
         if file not in self._open:
-            path = self.blobs / file
-            try:
-                # A link is never followed (readers refuse one: the step would not be valid).
-                regular = stat.S_ISREG(os.lstat(path).st_mode)
-                self._open[file] = open_file(path) if regular else None
-            except (SatchelError, OSError):
-                self._open[file] = None
+            self._open[file] = self._open_pool(file)
         f = self._open[file]
         if f is None or f.manifest is None:
             return None

@@ -19,18 +19,14 @@ a module outside this package importing ``_checkpoint``'s modules would close an
 from __future__ import annotations
 
 import contextlib
-import tempfile
 import threading
-import time
-import warnings
 from collections.abc import Iterable, Mapping
-from pathlib import Path
 from typing import Any, Literal
 
 import xxhash
 
 from .. import retention
-from .._api import load
+from .._plan import plan_save
 from .._remote.store import Store, open_store
 from .._remote.upload import abort_under
 from .._remote.url import StorageOptions, join
@@ -38,28 +34,27 @@ from .._remote.writer import save_url
 from .._shards.names import parse_size
 from ..errors import (
     CheckpointExistsError,
-    CheckpointNotFoundError,
-    FormatError,
     SatchelError,
-    SatchelFileNotFoundError,
     UsageError,
 )
 from . import targets as _targets
-from .layout import COMMIT_FILE, EXTRA_ITEM, item_file, step_name, step_of
-from .record import CommitRecord, FileRecord, ItemRecord, read_commit, write_commit
+from .layout import COMMIT_FILE, EXTRA_ITEM, SHARD_INDEX, item_file, step_name
+from .record import CommitRecord, FileRecord, ItemRecord
+from .remote_pool import NO_RECORD, RemotePool, collect_remote, encode_commit
+from .remote_view import RemoteView
 from .snapshot import snapshot
-from .view import CheckpointInfo, CheckpointWarning, RestoreResult, _rebuild, with_newest
+from .view import CheckpointInfo, RestoreResult
 
 __all__ = ["RemoteManager"]
 
-_RETRIES = 20  # listings taken while a writer commits or deletes: look again, briefly
 
-
-class RemoteManager:
+class RemoteManager(RemoteView):
     """What ``CheckpointManager(url, ...)`` returns: the manager's public methods over a root in
     object storage (see the module docstring). ``storage_options`` go to fsspec.
 
-    Not (yet) on object storage: ``process_group``, ``incremental``, the writer lock.
+    With ``incremental`` the pool is ``<root>/blobs/`` (``remote_pool``); with
+    ``process_group`` save and restore are collective (``remote_collective``). Not on object
+    storage: the writer lock (one writer per root).
     """
 
     def __init__(
@@ -75,11 +70,12 @@ class RemoteManager:
         process_group: Any = None,
         incremental: bool = False,
     ) -> None:
-        if process_group is not None or incremental is not False:
-            raise UsageError(
-                f"{root}: process_group and incremental are not supported on object storage yet"
-            )
+        if not isinstance(incremental, bool):
+            raise UsageError(f"incremental must be True or False, got {incremental!r}")
         self.root = root.rstrip("/")
+        self.incremental = incremental
+        self._group = process_group
+        self._private: Any = None  # a background collective save's own group (SPEC 10.6)
         self._options = dict(storage_options or {})
         self._store: Store = open_store(self.root, storage_options)
         self.max_shard_size = None if max_shard_size is None else parse_size(max_shard_size)
@@ -101,6 +97,7 @@ class RemoteManager:
         extra: Any = None,
         overwrite: bool = False,
         max_shard_size: int | str | None = None,
+        incremental: bool | None = None,
         **items: Any,
     ) -> None:
         """As :meth:`CheckpointManager.save`; the commit record is the last object written.
@@ -118,22 +115,32 @@ class RemoteManager:
         if not items:
             raise UsageError("save() needs at least one item, e.g. model=model")
         limit = self.max_shard_size if max_shard_size is None else parse_size(max_shard_size)
+        if incremental is None:
+            incremental = self.incremental
+        elif not isinstance(incremental, bool):
+            raise UsageError(f"incremental must be True or False, got {incremental!r}")
         prepared = {name: _targets.prepare(name, value) for name, value in items.items()}
         if extra is not None:
             prepared[EXTRA_ITEM] = extra
         clean = _metrics(metrics)
+        if self._group is not None:
+            from .remote_collective import save  # noqa: PLC0415 - torch, with a group only
+
+            self._thread = save(self, step, prepared, clean, overwrite, blocking, incremental)
+            return
         if not overwrite and self._committed(step):
             raise CheckpointExistsError(
                 f"{self.root}: step {step} exists; pass overwrite=True to replace it"
             )
+        how = (limit, incremental)
         if blocking:
-            self._write(step, prepared, clean, overwrite, limit)
+            self._write(step, prepared, clean, overwrite, how)
             return
         frozen = snapshot(prepared)  # the caller may change its tensors once save returns
 
         def run() -> None:
             try:
-                self._write(step, frozen, clean, overwrite, limit)
+                self._write(step, frozen, clean, overwrite, how)
             except BaseException as e:  # raised by the next save/wait/close
                 self._failed = e
 
@@ -169,30 +176,78 @@ class RemoteManager:
         items: Mapping[str, Any],
         metrics: dict[str, float],
         overwrite: bool,
-        limit: int | None,
+        how: tuple[int | None, bool],
     ) -> None:
+        others, kept = self._begin(step, metrics, overwrite)
         folder = join(self.root, step_name(step))
-        infos = self._listing()
-        self._remove_uncommitted(infos, keep=step)
-        if overwrite and self._committed(step):
-            self._delete_step(step)  # the record first: the old step is invalid from here on
-        others = [i for i in infos if i.step != step and i.record is not None]
-        kept = _decide(self.policies, others, step, metrics)
+        limit, incremental = how
+        pool = None
+        if incremental:  # SPEC 11.13: reuse what the newest committed step stored
+            newest = [i for i in others if i.record is not None][-1:]
+            known = [(join(self.root, str(i.path)), i.record) for i in newest if i.record]
+            pool = RemotePool(self._store, self.root, step, known[0] if known else None)
         records: dict[str, ItemRecord] = {}
         try:
             for name, value in items.items():
-                records[name] = self._write_item(folder, name, value, limit)
-            names = tuple(p.name for p in self.policies)
-            record = CommitRecord.new(step, records, metrics, names, _own(self.policies, kept))
-            self._store.put_small(join(folder, COMMIT_FILE), encode_commit(record))  # the commit
+                records[name] = self._write_item(folder, name, value, limit, pool)
+            referenced = pool.finish() if pool is not None else ()
+            self._commit(step, records, metrics, kept, referenced)
         except BaseException:
             # Best effort: what cannot be deleted now (the store is gone) the next save removes.
             with contextlib.suppress(SatchelError):
                 self._delete_prefix(folder)
+            if pool is not None:
+                pool.discard()
             raise
-        self._retain(step, others, kept)
+        self._after(step, others, kept)
 
-    def _write_item(self, folder: str, name: str, value: Any, limit: int | None) -> ItemRecord:
+    def _begin(
+        self, step: int, metrics: Mapping[str, float], overwrite: bool
+    ) -> tuple[list[CheckpointInfo], dict[int, list[str]]]:
+        """Start saving ``step``: remove what interrupted saves left (SPEC 11.12, 11.13), the
+        old step when overwriting, and decide retention. Returns the other committed steps
+        and the decision (for :meth:`_finish`)."""
+        infos = self._listing()
+        self._remove_uncommitted(infos, keep=step)
+        if overwrite and self._committed(step):
+            self._delete_step(step)  # the record first: the old step is invalid from here on
+        collect_remote(self._store, self.root, self._listing())
+        others = [i for i in infos if i.step != step and i.record is not None]
+        return others, _decide(self.policies, others, step, metrics)
+
+    def _commit(
+        self,
+        step: int,
+        records: Mapping[str, ItemRecord],
+        metrics: Mapping[str, float],
+        kept: Mapping[int, list[str]],
+        pool: tuple[FileRecord, ...],
+    ) -> None:
+        """Commit ``step``, whose every object is uploaded: its record, the last object."""
+        folder = join(self.root, step_name(step))
+        names = tuple(p.name for p in self.policies)
+        own = _own(self.policies, kept)
+        record = CommitRecord.new(step, dict(records), dict(metrics), names, own, pool=pool)
+        self._store.put_small(join(folder, COMMIT_FILE), encode_commit(record))
+
+    def _after(
+        self, step: int, others: list[CheckpointInfo], kept: Mapping[int, list[str]]
+    ) -> None:
+        """After the commit: retention, then the pool objects no record lists any more."""
+        self._retain(step, others, kept)
+        collect_remote(self._store, self.root, self._listing())
+
+    def _write_item(
+        self, folder: str, name: str, value: Any, limit: int | None, pool: RemotePool | None
+    ) -> ItemRecord:
+        if pool is not None:
+            plan = plan_save(value)
+            if plan.stored:  # SPEC 8.17: a pooled item, its folder the index alone
+                pooled = pool.plan(name, plan, max_shard_size=limit)
+                pool.write(pooled)
+                self._store.put_small(join(join(folder, name), SHARD_INDEX), pooled.index)
+                digest = xxhash.xxh3_64_hexdigest(pooled.index)
+                return ItemRecord((FileRecord(SHARD_INDEX, len(pooled.index), digest),), name)
         if limit is None:
             (obj,) = save_url(value, join(folder, item_file(name)), storage_options=self._options)
             return ItemRecord.single(item_file(name), obj.size, obj.xxh3)
@@ -225,98 +280,11 @@ class RemoteManager:
     def _remove_uncommitted(self, infos: list[CheckpointInfo], *, keep: int) -> None:
         """SPEC 11.12: what an interrupted save left (objects, unfinished uploads) goes."""
         for info in infos:
-            if info.record is None and info.step != keep:
+            # A record that does not parse is damage, not litter: never made worse.
+            if info.record is None and info.problem == NO_RECORD and info.step != keep:
                 self._delete_prefix(join(self.root, step_name(info.step)))
 
-    # -- reading -------------------------------------------------------------------------------
-    def _committed(self, step: int) -> bool:
-        return any(i.step == step and i.record is not None for i in self._listing())
-
-    def _listing(self) -> list[CheckpointInfo]:
-        """Every step prefix, oldest first, with its commit record (or why it has none)."""
-        out = []
-        for name in self._store.names(self.root):
-            step = step_of(Path(name))
-            if step is None:
-                continue
-            folder = join(self.root, name)
-            try:
-                record: CommitRecord | None = self._record(folder, step)
-                problem = None
-            except SatchelFileNotFoundError:
-                record, problem = None, "no commit record (the save did not finish)"
-            except FormatError as e:
-                record, problem = None, str(e)
-            out.append(CheckpointInfo(step, Path(name), record, problem))
-        return sorted(out, key=lambda i: i.step)
-
-    def _record(self, folder: str, step: int) -> CommitRecord:
-        url = join(folder, COMMIT_FILE)
-        return parse_commit(self._store.read_all(url, 16 << 20), url, step)
-
-    def checkpoints(self, *, verify: bool = True, progress: Any = None) -> list[CheckpointInfo]:
-        """Every step prefix, oldest first; with ``verify`` each committed step's objects are
-        read whole and checked against the sizes and xxh3-64 its record lists. (``progress``
-        is accepted for the local view's signature and not drawn.)"""
-        out = []
-        for info in self._listing():
-            if verify and info.record is not None:
-                problem = self._problem(info.step, info.record, whole=True)
-                out.append(CheckpointInfo(info.step, info.path, info.record, problem))
-            else:
-                out.append(info)
-        return out
-
-    def steps(self) -> list[int]:
-        """Committed steps, oldest first (their objects are not read)."""
-        return [i.step for i in self._listing() if i.record is not None]
-
-    def latest(self) -> int | None:
-        s = self.steps()
-        return s[-1] if s else None
-
-    def check(self, step: int) -> str | None:
-        """Why ``step`` is not a valid checkpoint (objects read whole), or ``None``."""
-        for info in self._listing():
-            if info.step == step:
-                if info.record is None:
-                    return info.problem
-                return self._problem(step, info.record, whole=True)
-        return f"no step {step}"
-
-    def kept_by(self) -> dict[int, list[str]]:
-        """For each committed step, the policies that keep it (``newest`` included), as the
-        newest commit record names them (what a reader of the root sees, SPEC 8.11)."""
-        committed = [i.record for i in self._listing() if i.record is not None]
-        records = [retention.CheckpointRecord(r.step, r.metrics) for r in committed]
-        newest = committed[-1] if committed else None
-        policies = [_rebuild(n, newest.kept) for n in newest.retention] if newest else []
-        return with_newest(retention.decide(policies, records), [r.step for r in committed])
-
-    @property
-    def retention(self) -> tuple[str, ...]:
-        """The retention policies the newest commit record names."""
-        committed = [i.record for i in self._listing() if i.record is not None]
-        return committed[-1].retention if committed else ()
-
-    def _problem(self, step: int, record: CommitRecord, *, whole: bool) -> str | None:
-        """Every object the record lists exists with its size (and, ``whole``, its xxh3)."""
-        folder = join(self.root, step_name(step))
-        sizes = self._store.sizes(folder)
-        for name, item in record.items.items():
-            for f in item.files:
-                rel = f.file if item.folder is None else f"{item.folder}/{f.file}"
-                size = sizes.get(rel)
-                if size is None:
-                    return f"item {name}: object {rel} is missing"
-                if size != f.size:
-                    return f"item {name}: object {rel} is {size} bytes, the record says {f.size}"
-                if whole:
-                    raw = self._store.read(join(folder, rel), 0, size) if size else b""
-                    if xxhash.xxh3_64_hexdigest(raw) != f.xxh3:
-                        return f"item {name}: object {rel} changed since the commit (xxh3)"
-        return None
-
+    # -- reading (the rest: RemoteView) -------------------------------------------------
     def restore(self, step: int | None = None, **targets: Any) -> RestoreResult:
         """As :meth:`CheckpointManager.restore`: the newest committed step whose objects are
         all there with their recorded sizes and whose every tensor verifies; newer broken ones
@@ -327,83 +295,11 @@ class RemoteManager:
             StateMismatchError: a model does not fit the saved parameters.
         """
         self.wait()
-        skipped: list[tuple[int, str]] = []
-        for attempt in range(_RETRIES):
-            skipped, vanished = [], False
-            infos = [i for i in self._listing() if step is None or i.step == step]
-            for info in reversed(infos):
-                if info.record is None:
-                    skipped.append((info.step, info.problem or "no commit record"))
-                    continue
-                try:
-                    problem = self._problem(info.step, info.record, whole=False)
-                    if problem is None:
-                        items = self._load(info.step, info.record)
-                except SatchelFileNotFoundError:
-                    vanished = True  # retention deleted it while we read: not damage
-                    continue
-                except SatchelError as e:
-                    problem = str(e)
-                if problem is None:
-                    for s, why in skipped:
-                        msg = f"{self.root}: skipping step {s}: {why}"
-                        warnings.warn(msg, CheckpointWarning, stacklevel=2)
-                    return self._apply(info, items, targets, tuple(skipped))
-                skipped.append((info.step, problem))
-            if not vanished:
-                break
-            time.sleep(0.01 * (attempt + 1))
-        detail = "; ".join(f"step {s}: {why}" for s, why in skipped) or "none saved"
-        which = "no valid checkpoint" if step is None else f"step {step} is not a valid checkpoint"
-        raise CheckpointNotFoundError(f"{self.root}: {which} to restore ({detail})")
+        if self._group is not None:
+            from .remote_collective import restore  # noqa: PLC0415 - torch, with a group only
 
-    def _load(self, step: int, record: CommitRecord) -> dict[str, Any]:
-        folder = join(self.root, step_name(step))
-        opts = self._options or None
-        return {
-            n: load(join(folder, r.file), storage_options=opts) for n, r in record.items.items()
-        }
-
-    def _apply(
-        self,
-        info: CheckpointInfo,
-        items: dict[str, Any],
-        targets: dict[str, Any],
-        skipped: tuple[tuple[int, str], ...],
-    ) -> RestoreResult:
-        record = info.record
-        assert record is not None  # _listing gave it one
-        missing = sorted(set(targets) - set(record.items))
-        if missing:
-            raise CheckpointNotFoundError(
-                f"{self.root}/{info.path}: has no item {missing} (items: {sorted(record.items)})"
-            )
-        reports = _targets.apply(items, targets)
-        extra = items.pop(EXTRA_ITEM, None)
-        return RestoreResult(info.step, info.path, extra, record.metrics, items, reports, skipped)
-
-
-def encode_commit(record: CommitRecord) -> bytes:
-    """The commit record's bytes, exactly as ``write_commit`` writes them on disk."""
-    with tempfile.TemporaryDirectory(prefix="satchel-commit-") as d:
-        write_commit(Path(d), record)
-        return (Path(d) / COMMIT_FILE).read_bytes()
-
-
-def parse_commit(raw: bytes, url: str, step: int) -> CommitRecord:
-    """``read_commit`` over bytes from the store; errors name ``url``.
-
-    Raises:
-        FormatError / IntegrityError: as ``read_commit``.
-    """
-    with tempfile.TemporaryDirectory(prefix="satchel-commit-") as d:
-        (Path(d) / COMMIT_FILE).write_bytes(raw)
-        try:
-            return read_commit(Path(d), expected_step=step)
-        except FormatError as e:
-            where = str(Path(d) / COMMIT_FILE)
-            msg = str(e).replace(where, url)
-            raise type(e)(msg, path=url, field=e.field, reason=e.reason) from e
+            return restore(self, step, targets)
+        return self._restore(step, targets)
 
 
 def _decide(

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -27,7 +27,7 @@ from .. import dtypes
 from .._format.validate import xxh3_hex
 from .._io.atomic import atomic_file, write_all
 from .._io.writer import write_plan
-from .._plan import plan_save
+from .._plan import Plan, plan_save
 from .._read.file import ArrayFile
 from .._read.open import open_path
 from .._tree import flatten
@@ -46,6 +46,7 @@ from .layout import (
 )
 
 __all__ = [
+    "ItemSink",
     "Pieces",
     "Written",
     "full_tensors",
@@ -172,14 +173,41 @@ def write_item(state: Any, folder: Path, *, group: Any) -> list[Written]:
     return write_pieces(take_pieces(state, rank=rank, world=world, copy=False), folder, group=group)
 
 
+class ItemSink(Protocol):
+    """Where a rank's files of one item go: ``piece`` writes a pieces file from its plan and
+    returns its size and xxh3-64; ``layout`` writes the layout (rank 0). A local folder by
+    default (:class:`_Folder`); an object-store prefix in ``_checkpoint.remote_collective``."""
+
+    def piece(self, name: str, plan: Plan) -> tuple[int, str]: ...
+
+    def layout(self, raw: bytes) -> None: ...
+
+
+class _Folder:
+    """The item's local folder: files written atomically and fsynced."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+
+    def piece(self, name: str, plan: Plan) -> tuple[int, str]:
+        out = write_plan(plan, self.folder / name, file_digest=True)
+        return out.size, out.xxh3
+
+    def layout(self, raw: bytes) -> None:
+        with atomic_file(self.folder / LAYOUT_FILE) as fd:
+            write_all(fd, raw)
+
+
 def write_pieces(
-    p: Pieces, folder: Path, *, group: Any, pool: PoolPlacer | None = None
+    p: Pieces, folder: Path | ItemSink, *, group: Any, pool: PoolPlacer | None = None
 ) -> list[Written]:
     """Collective: write ``p`` (from :func:`take_pieces`), agree, and on rank 0 the layout.
 
     With ``pool`` (an incremental save) the pieces go to the root's pool instead of a
     ``pieces-<rank>.satchel`` file; the item's folder then holds the layout alone.
+    ``folder`` is the item's local folder or an :class:`ItemSink` that writes elsewhere.
     """
+    sink = _Folder(folder) if isinstance(folder, Path) else folder
     rank, world = dist.get_rank(group), dist.get_world_size(group)
     report: dict[str, Any]
     if p.error is not None:
@@ -193,8 +221,8 @@ def write_pieces(
                 where, new_files, reused_files = pool.place(p.mine)
                 pooled = (new_files, reused_files)
             elif p.mine:
-                out = write_plan(plan_save(p.mine), folder / piece_file(rank), file_digest=True)
-                files.append((piece_file(rank), out.size, out.xxh3))
+                size, digest = sink.piece(piece_file(rank), plan_save(p.mine))
+                files.append((piece_file(rank), size, digest))
             # Every rank must save the same structure: its digest travels with the report.
             shape = json.dumps([p.skeleton, p.names, [list(s) for _, s in p.metas]])
             report = {
@@ -240,8 +268,7 @@ def write_pieces(
     )
     raw = encode_layout(Layout(p.skeleton, tensors, world))
     if rank == 0:
-        with atomic_file(folder / LAYOUT_FILE) as fd:
-            write_all(fd, raw)
+        sink.layout(raw)
     written.append(Written(LAYOUT_FILE, len(raw), xxh3_hex(raw)))
     return written
 
@@ -254,11 +281,19 @@ def _dtype(x: torch.Tensor) -> dtypes.DType:
     return dt
 
 
-def read_into(targets: Any, layout: Layout, folder: Path, *, prefix: str = "") -> list[str]:
+def read_into(
+    targets: Any,
+    layout: Layout,
+    folder: Path | str,
+    *,
+    prefix: str = "",
+    open_piece: Callable[[str], ArrayFile] | None = None,
+) -> list[str]:
     """Copy the saved tensors into ``targets`` (a nested state dict of tensors and DTensors,
     in place), reading on this rank only the pieces its boxes overlap. Returns the names
     copied. ``prefix`` is where ``targets`` sits in the saved structure (``state`` for an
-    optimizer's ``state_dict()["state"]``).
+    optimizer's ``state_dict()["state"]``). ``open_piece`` opens a piece's ``file`` where the
+    item is not a local folder (``folder`` is then its URL, for messages).
 
     Raises:
         StateMismatchError: a target tensor is missing from the checkpoint or its global shape
@@ -282,7 +317,7 @@ def read_into(targets: Any, layout: Layout, folder: Path, *, prefix: str = "") -
                         f"target is {x.dtype}{list(x.shape)}",
                         None,
                     )
-                _fill(_box(x), t, folder, files)
+                _fill(_box(x), t, folder, files, open_piece)
                 done.append(name)
     finally:
         for f in files.values():
@@ -290,14 +325,23 @@ def read_into(targets: Any, layout: Layout, folder: Path, *, prefix: str = "") -
     return done
 
 
-def _fill(box: _Box, t: TensorLayout, folder: Path, files: dict[str, ArrayFile]) -> None:
+def _fill(
+    box: _Box,
+    t: TensorLayout,
+    folder: Path | str,
+    files: dict[str, ArrayFile],
+    open_piece: Callable[[str], ArrayFile] | None = None,
+) -> None:
     for p in t.pieces:
         hit = overlap(box.offsets, box.sizes, p.offsets, p.sizes)
         if hit is None:
             continue  # SPEC 10.4: a piece this rank does not need is never read
         lo, n = hit
         f = files.get(p.file)
-        if f is None:
+        if f is None and open_piece is not None:
+            f = files[p.file] = open_piece(p.file)
+        elif f is None:
+            assert isinstance(folder, Path)
             path = piece_path(folder, p.file, str(folder / LAYOUT_FILE))  # SPEC 10.7
             f = files[p.file] = open_path(path, framework="torch")
         piece = f[p.key]

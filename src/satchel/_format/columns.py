@@ -17,6 +17,8 @@ checked with whole-list operations before any record is built.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
+from functools import partial
 from itertools import chain
 from typing import Any, get_args
 
@@ -24,7 +26,17 @@ from .. import dtypes
 from ..adapters import Framework, Kind
 from ..errors import FormatError
 from .header import MAX_DIMS, MAX_ENTRIES, check_addressable
-from .records import Leaf, Stored, check_view, dtype_field, int_field, int_list, shape_field
+from .records import (
+    Columns,
+    Leaf,
+    Records,
+    Stored,
+    check_view,
+    dtype_field,
+    int_field,
+    int_list,
+    shape_field,
+)
 
 __all__ = ["COMPACT_FROM", "encode_columns", "parse_columns"]
 
@@ -35,7 +47,9 @@ _STORED_KEYS = frozenset({"names", "dtypes", "shapes", "xxh3"})
 _LEAF_KEYS = frozenset({"data", "framework", "kind", "requires_grad", "views"})
 _FRAMEWORKS = frozenset(get_args(Framework))
 _KINDS = frozenset(get_args(Kind))
-_DTYPE_NAMES = frozenset(d.name for d in dtypes.DTYPES)
+_BY_NAME = {d.name: d for d in dtypes.DTYPES}
+_DTYPE_NAMES = frozenset(_BY_NAME)
+_WHOLE_KINDS = frozenset({"tensor", "parameter"})
 
 
 def encode_columns(
@@ -68,21 +82,42 @@ def encode_columns(
 
 def parse_columns(
     leaves_doc: object, stored_doc: object, *, where: str
-) -> tuple[tuple[Leaf, ...], dict[str, Stored]]:
-    """Validate the columns (SPEC 3.9-3.11) and build the records.
+) -> tuple[Callable[[], Records], Columns | None]:
+    """Validate the columns (SPEC 3.9-3.11); how to build the records, and the columns
+    themselves when every leaf is its whole stored tensor without requires_grad (then the
+    records are built only if someone asks for them).
 
     Raises:
         FormatError: naming the column (``stored.shapes``, ``leaves.views[3]``...) at fault.
     """
     field = f"{where}: manifest (version 2)"
     names, dts, shapes, digests = _stored_columns(stored_doc, field)
-    records = [
-        Stored(dt, shape, digests[16 * i : 16 * i + 16])
-        for i, (dt, shape) in enumerate(zip(dts, shapes, strict=True))
-    ]
+    cols = _columns(leaves_doc, _LEAF_KEYS, f"{field} field 'leaves'")
+    data, fws, kinds = _leaf_columns(cols, len(names), field)
+    empty = [cols["requires_grad"], cols["views"]] == [[], []]  # lists, and empty
+    if empty and set(kinds) <= _WHOLE_KINDS:
+        # The usual file: every leaf a whole tensor or parameter without grad.
+        columns = Columns(names, dts, shapes, digests, data, fws, kinds)
+        return partial(_plain_records, columns), columns
+    records = _records(names, dts, shapes, digests)
+    leaves = _leaves(cols, data, fws, kinds, names, records, field)
     stored = dict(zip(names, records, strict=True))
-    leaves = _leaves(leaves_doc, names, records, field)
-    return leaves, stored
+    return lambda: (leaves, stored), None
+
+
+def _records(names: list[str], dts: list[str], shapes: list[tuple[int, ...]], digests: str) -> list[Stored]:
+    types = map(_BY_NAME.__getitem__, dts)
+    sums = map(digests.__getitem__, map(slice, range(0, 16 * len(names), 16), range(16, 16 * len(names) + 16, 16)))
+    return list(map(Stored, types, shapes, sums))
+
+
+def _plain_records(c: Columns) -> Records:
+    records = _records(c.names, c.dtypes, c.shapes, c.digests)
+    leaves = tuple(
+        Leaf(fw, kind, records[j].dtype, records[j].shape, c.names[j], 0, None, False)
+        for j, fw, kind in zip(c.data, c.framework, c.kind, strict=True)
+    )
+    return leaves, dict(zip(c.names, records, strict=True))
 
 
 def _columns(doc: object, keys: frozenset[str], field: str) -> dict[str, Any]:
@@ -100,7 +135,7 @@ def _list(value: object, field: str, n: int | None = None) -> list[Any]:
 
 def _stored_columns(
     doc: object, field: str
-) -> tuple[list[str], list[dtypes.DType], list[tuple[int, ...]], str]:
+) -> tuple[list[str], list[str], list[tuple[int, ...]], str]:
     cols = _columns(doc, _STORED_KEYS, f"{field} field 'stored'")
     names = _list(cols["names"], f"{field} stored.names")
     n = len(names)
@@ -116,17 +151,18 @@ def _stored_columns(
     unknown = _values(dtype_names) - _DTYPE_NAMES
     if unknown:
         raise FormatError(f"{field} stored.dtypes holds {sorted(unknown)[:3]}, not dtypes")
-    dts = [dtypes.get(x) for x in dtype_names]
-    shapes = _shapes(_list(cols["shapes"], f"{field} stored.shapes", n), f"{field} stored.shapes")
-    for i, (dt, shape) in enumerate(zip(dts, shapes, strict=True)):
-        if 0 in shape:  # only zero-size shapes can describe more than they hold (SPEC 2.5)
-            check_addressable(shape, dt.itemsize, f"{field} stored.shapes[{i}]")
+    raw = _list(cols["shapes"], f"{field} stored.shapes", n)
+    shapes, zero = _shapes(raw, f"{field} stored.shapes")
+    if zero:  # only zero-size shapes can describe more than they hold (SPEC 2.5)
+        for i, (name, shape) in enumerate(zip(dtype_names, shapes, strict=True)):
+            if 0 in shape:
+                check_addressable(shape, _BY_NAME[name].itemsize, f"{field} stored.shapes[{i}]")
     digests = cols["xxh3"]
     if not (isinstance(digests, str) and len(digests) == 16 * n and _HEX.fullmatch(digests)):
         raise FormatError(
             f"{field} stored.xxh3 must be {n} checksums of 16 lowercase hex digits, back to back"
         )
-    return names, dts, shapes, digests
+    return names, dtype_names, shapes, digests
 
 
 def _values(column: list[Any]) -> set[str]:
@@ -136,8 +172,9 @@ def _values(column: list[Any]) -> set[str]:
     return {x if type(x) is str else f"<{type(x).__name__}>" for x in column}
 
 
-def _shapes(raw: list[Any], field: str) -> list[tuple[int, ...]]:
-    """Every shape a list of at most 64 ints in [0, 2^63), checked over the whole column."""
+def _shapes(raw: list[Any], field: str) -> tuple[list[tuple[int, ...]], bool]:
+    """Every shape a list of at most 64 ints in [0, 2^63), checked over the whole column;
+    the shapes as tuples, and whether any has a zero dimension."""
     if raw and (set(map(type, raw)) != {list} or max(map(len, raw)) > MAX_DIMS):
         bad = next(i for i, s in enumerate(raw) if not (type(s) is list and len(s) <= MAX_DIMS))
         raise FormatError(f"{field}[{bad}] must be a list of at most {MAX_DIMS} integers")
@@ -149,13 +186,14 @@ def _shapes(raw: list[Any], field: str) -> list[tuple[int, ...]]:
             if not all(type(d) is int for d in s) or any(not 0 <= d < _TWO63 for d in s)
         )
         raise FormatError(f"{field}[{bad}] holds {raw[bad]!r}; expected integers in [0, 2^63)")
-    return [tuple(s) for s in raw]
+    return list(map(tuple, raw)), bool(dims) and min(dims) == 0
 
 
-def _leaves(doc: object, names: list[str], records: list[Stored], field: str) -> tuple[Leaf, ...]:
-    cols = _columns(doc, _LEAF_KEYS, f"{field} field 'leaves'")
+def _leaf_columns(
+    cols: dict[str, Any], count: int, field: str
+) -> tuple[list[int], list[Framework], list[Kind]]:
     data = _list(cols["data"], f"{field} leaves.data")
-    n, count = len(data), len(records)
+    n = len(data)
     if data and (set(map(type, data)) != {int} or not 0 <= min(data) <= max(data) < count):
         raise FormatError(f"{field} leaves.data must hold indices into stored (0..{count - 1})")
     fws = _list(cols["framework"], f"{field} leaves.framework", n)
@@ -164,14 +202,21 @@ def _leaves(doc: object, names: list[str], records: list[Stored], field: str) ->
     kinds = _list(cols["kind"], f"{field} leaves.kind", n)
     if not _values(kinds) <= _KINDS:
         raise FormatError(f"{field} leaves.kind holds a value not in {sorted(_KINDS)}")
+    return data, fws, kinds
+
+
+def _leaves(  # noqa: PLR0913, PLR0917 - private: the columns checked so far
+    cols: dict[str, Any],
+    data: list[int],
+    fws: list[Framework],
+    kinds: list[Kind],
+    names: list[str],
+    records: list[Stored],
+    field: str,
+) -> tuple[Leaf, ...]:
+    n = len(data)
     grad = _index_set(cols["requires_grad"], n, f"{field} leaves.requires_grad")
     views = _views(cols["views"], n, data, records, field)
-    if not grad and not views and not (set(kinds) - {"tensor", "parameter"}):
-        # The usual file: every leaf a whole tensor or parameter without grad, one record each.
-        return tuple(
-            Leaf(fw, kind, records[j].dtype, records[j].shape, names[j], 0, None, False)
-            for j, fw, kind in zip(data, fws, kinds, strict=True)
-        )
     out = []
     for i, (j, fw, kind) in enumerate(zip(data, fws, kinds, strict=True)):
         base = records[j]

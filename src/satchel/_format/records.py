@@ -5,7 +5,7 @@ field checks both manifest versions share (SPEC 3.4, 3.6).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 from .. import dtypes
@@ -13,6 +13,7 @@ from ..adapters import Framework, Kind
 from ..errors import FormatError
 
 __all__ = [
+    "Columns",
     "Leaf",
     "Manifest",
     "Stored",
@@ -61,21 +62,93 @@ class Leaf(NamedTuple):
     requires_grad: bool = False
 
 
-@dataclass(frozen=True)
+class Columns(NamedTuple):
+    """A version 2 manifest's validated columns, kept for readers that work on whole columns
+    (``load`` of a state dict builds no record per tensor).
+
+    ``names``, ``dtypes`` (satchel names), ``shapes`` and ``digests`` (16 hex digits per
+    tensor, back to back) describe the stored tensors in data order; ``data``, ``framework``
+    and ``kind`` are the leaves' columns. Only kept when every leaf is its whole stored tensor,
+    without requires_grad (``plain``): then the columns say everything the records would.
+    """
+
+    names: list[str]
+    dtypes: list[str]
+    shapes: list[tuple[int, ...]]
+    digests: str
+    data: list[int]
+    framework: list[Framework]
+    kind: list[Kind]
+
+
+Records = tuple[tuple[Leaf, ...], dict[str, Stored]]
+
+
 class Manifest:
     """The whole manifest: structure skeleton, leaves, stored tensors, user metadata.
 
-    ``stored`` keeps the order it was written in: data order for a single file.
+    ``stored`` keeps the order it was written in: data order for a single file. A manifest
+    parsed from columns (version 2) builds its per-tensor records on first use: a reader that
+    works on the columns (``columns``) never pays for 50,000 of them.
     """
 
-    root: Any
-    leaves: tuple[Leaf, ...]
-    stored: dict[str, Stored]
-    metadata: dict[str, str]
-    module: str | None = None  # import path of a saved nn.Module's class: information only
-    # (keys, leaf indices) when ``root`` is a plain dict of leaves, as the parser found it: a
-    # reader then builds the structure in one pass. None says nothing either way.
-    flat: tuple[list[str], list[int]] | None = field(default=None, compare=False, repr=False)
+    __slots__ = ("_build", "_leaves", "_stored", "columns", "flat", "metadata", "module", "root")
+
+    def __init__(  # noqa: PLR0913, PLR0917 - the fields, in the order every caller passes them
+        self,
+        root: Any,
+        leaves: tuple[Leaf, ...] | None,
+        stored: dict[str, Stored] | None,
+        metadata: dict[str, str],
+        module: str | None = None,
+        flat: tuple[list[str], list[int]] | None = None,
+        *,
+        build: Callable[[], Records] | None = None,
+        columns: Columns | None = None,
+    ) -> None:
+        if (leaves is None or stored is None) and build is None:
+            raise TypeError("Manifest needs its leaves and stored records, or how to build them")
+        self.root = root
+        self._leaves = leaves
+        self._stored = stored
+        self._build = build
+        self.metadata = metadata
+        self.module = module  # import path of a saved nn.Module's class: information only
+        # (keys, leaf indices) when ``root`` is a plain dict of leaves, as the parser found it:
+        # a reader then builds the structure in one pass. None says nothing either way.
+        self.flat = flat
+        self.columns = columns
+
+    def _records(self) -> Records:
+        if self._leaves is None or self._stored is None:
+            assert self._build is not None
+            self._leaves, self._stored = self._build()
+            self._build = None
+        return self._leaves, self._stored
+
+    @property
+    def leaves(self) -> tuple[Leaf, ...]:
+        return self._records()[0]
+
+    @property
+    def stored(self) -> dict[str, Stored]:
+        return self._records()[1]
+
+    def _key(self) -> tuple[Any, ...]:
+        return (self.root, self.leaves, self.stored, self.metadata, self.module)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Manifest):
+            return NotImplemented
+        return self._key() == other._key()
+
+    __hash__ = None  # type: ignore[assignment] - mutable contents, like the dataclass it was
+
+    def __repr__(self) -> str:
+        return (
+            f"Manifest(root={self.root!r}, leaves={self.leaves!r}, stored={self.stored!r}, "
+            f"metadata={self.metadata!r}, module={self.module!r})"
+        )
 
 
 def check_view(

@@ -17,21 +17,27 @@ from typing import Any
 
 import numpy as np
 
+from .._dist.layout import LAYOUT_FILE, MAX_LAYOUT, parse_layout, pool_file_of
 from .._format.header import Header, parse_header, parse_length
 from .._format.manifest import Manifest
 from .._format.validate import manifest_of
+from .._read.file import ArrayFile
 from .._read.native import _check, leaf_refs
 from .._read.refs import ArrayRef, Ranged, Storage, Tree
 from .._shards.index import MAX_INDEX, parse_index
+from .._shards.pool import POOL_DIR
 from .._tree import unflatten
 from ..adapters import c_strides
 from ..errors import FormatError, SatchelFileNotFoundError
-from ..formats.sharded import _promised, _same_as_index
+from ..formats.distributed import assemble
+from ..formats.sharded import _pooled, _promised, _same_as_index
 from .ranged import RangedBytes
 from .store import Store, open_store
 from .url import StorageOptions, join
 
-__all__ = ["FIRST_RANGE", "read_url"]
+__all__ = ["FIRST_RANGE", "open_object", "pool_url", "read_url"]
+
+_LAYOUT_MARK = b'{"format":"satchel-distributed"'
 
 FIRST_RANGE = 1 << 20  # one request holds the header of every file but a 50,000-tensor one
 _SAFE_INDEX = ".safetensors.index.json"
@@ -72,8 +78,26 @@ def read_url(
     if head.lstrip()[:1] == b"{" and b'"weight_map"' in head:  # the index file itself
         folder = url.rstrip("/").rpartition("/")[0]
         return _sharded(store, folder, url, verify=verify, whole=whole, concurrency=concurrency)
+    if head.startswith(_LAYOUT_MARK):  # a distributed item's layout itself (SPEC 10.2)
+        folder = url.rstrip("/").rpartition("/")[0]
+        return _distributed(store, folder, verify=verify)
     obj = _open(store, url, size, head, whole=whole, concurrency=concurrency)
     return _tree(obj, verify=verify)
+
+
+def open_object(store: Store, url: str, *, whole: bool = False, concurrency: int = 16) -> Any:
+    """The object at ``url`` validated: ``header``, ``manifest`` and ``data`` (a sliceable
+    whose slices are ranged reads, unless ``whole``).
+
+    Raises:
+        SatchelFileNotFoundError: no such object.
+        FormatError: its bytes break a SPEC rule.
+    """
+    size = store.size(url)
+    if size is None:
+        raise SatchelFileNotFoundError(f"{url}: no such object")
+    head = store.read(url, 0, min(size, FIRST_RANGE))
+    return _open(store, url, size, head, whole=whole, concurrency=concurrency)
 
 
 def _open(
@@ -134,6 +158,8 @@ def _folder(store: Store, url: str, *, verify: bool, whole: bool, concurrency: i
     names = store.names(url)
     if not names:
         raise SatchelFileNotFoundError(f"{url}: no such object or folder")
+    if LAYOUT_FILE in names:  # a distributed item (SPEC 10.2, 10.7)
+        return _distributed(store, url, verify=verify)
     found = sorted(n for n in names if n.endswith(_SAFE_INDEX) and not n.startswith("."))
     if len(found) > 1:
         raise FormatError(
@@ -166,7 +192,11 @@ def _sharded(
     store: Store, folder: str, index_url: str, *, verify: bool, whole: bool, concurrency: int
 ) -> Tree:
     """SPEC 9 over a store: the index, every shard's header, the checkpoint's tree."""
-    index = parse_index(store.read_all(index_url, MAX_INDEX), where=index_url)
+    index = parse_index(store.read_all(index_url, MAX_INDEX), where=index_url, pool=True)
+    if index.pool:  # an incremental checkpoint's item: its tensors are in the root's pool
+        return _pooled_item(
+            store, folder, index, index_url, verify=verify, whole=whole, concurrency=concurrency
+        )
     if not all(n.endswith(".safetensors") for n in index.files):
         raise FormatError(
             f"{index_url}: names .bin shards; satchel reads safetensors shards from object "
@@ -216,3 +246,60 @@ def _sharded(
     flat = {name: refs[name] for name in index.weight_map}
     checksummed = verify and all(o.manifest is not None for o in objects.values())
     return Tree(flat, "sharded", {"format": "sharded"}, checksummed=checksummed)
+
+
+def pool_url(item_folder: str, file: str) -> str:
+    """Pool file ``file`` (a valid pool file name) of the root whose step holds the item
+    folder URL ``item_folder`` (``<root>/<step>/<item>``): ``<root>/blobs/<file>`` (SPEC 8.17)."""
+    root = item_folder.rstrip("/").rsplit("/", 2)[0]
+    return join(join(root, POOL_DIR), file)
+
+
+def _pooled_item(
+    store: Store,
+    folder: str,
+    index: Any,
+    index_url: str,
+    *,
+    verify: bool,
+    whole: bool,
+    concurrency: int,
+) -> Tree:
+    """SPEC 8.17 over a store: the same checks as on disk, each pool file's header fetched
+    (its data on first touch)."""
+
+    def open_pool(file: str) -> tuple[Any, Any, dict[str, Storage]]:
+        url = pool_url(folder, file)
+        try:
+            obj = open_object(store, url, whole=whole, concurrency=concurrency)
+        except SatchelFileNotFoundError as e:
+            raise FormatError(
+                f"{index_url}: references pool file {file}, but {url} does not exist",
+                path=index_url,
+                field=file,
+            ) from e
+        return obj.header, obj.manifest, _storages(obj, verify=verify)
+
+    return _pooled(index, None, where=index_url, verify=verify, open_pool=open_pool)
+
+
+def _distributed(store: Store, folder: str, *, verify: bool) -> Tree:
+    """A distributed item folder (SPEC 10.5) over a store: every tensor assembled whole from
+    its pieces, each piece object (or pool object, SPEC 10.7) read and verified."""
+    where = join(folder, LAYOUT_FILE)
+    layout = parse_layout(store.read_all(where, MAX_LAYOUT), where=where)
+
+    def open_piece(file: str) -> ArrayFile:
+        pool = pool_file_of(file)
+        url = join(folder, file) if pool is None else pool_url(folder, pool)
+        if store.size(url) is None:
+            raise FormatError(
+                f"{where}: a piece is in {file}, which does not exist ({url})",
+                path=where,
+                field=file,
+            )
+        # Read whole: a tensor is assembled from every byte of its pieces.
+        tree = _read_object(store, url, verify, True, 16)
+        return ArrayFile(tree, path=url, framework="numpy")
+
+    return assemble(layout, open_piece, where=where, verify=verify)

@@ -10,7 +10,7 @@ a failure deletes the shards it wrote and leaves the old index, and so the old c
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,7 +33,7 @@ from .store import Store, open_store
 from .upload import upload
 from .url import StorageOptions, join, split
 
-__all__ = ["Object", "save_url"]
+__all__ = ["Object", "put_plan", "save_url"]
 
 
 @dataclass(frozen=True)
@@ -70,15 +70,7 @@ def save_url(
     if max_shard_size is None:
         if store.size(url) is None and store.names(url):
             raise UsageError(f"{url}: is a folder of objects; a single-file save needs a key")
-        sums = digests(plan)
-        with paused_gc():
-            header = render_header(plan, sums)
-        size = len(header) + plan.data_len
-        report = reporter(progress, size, f"saving {split(url)[1]}") if progress else None
-        digest = xxhash.xxh3_64()
-        chunks = _hashed(_stream(header, plan), digest)
-        upload(store, url, chunks, size, concurrency=concurrency, progress=report)
-        return [Object(url, size, digest.hexdigest())]
+        return [put_plan(store, url, plan, concurrency=concurrency, progress=progress)]
     if store.size(url) is not None:
         raise UsageError(f"{url}: is an object; a sharded save writes a folder of objects")
     sharded = plan_sharded(plan, limit, prefix=prefix, taken=_referenced(store, url, prefix))
@@ -106,6 +98,29 @@ def save_url(
         if name not in keep and (is_shard_name(name, prefix) or name == f"{prefix}{SAFE_SUFFIX}"):
             store.delete(join(url, name))
     return written
+
+
+def put_plan(
+    store: Store,
+    url: str,
+    plan: Plan,
+    *,
+    sums: Sequence[str] | None = None,
+    concurrency: int = 8,
+    progress: ProgressArg = None,
+) -> Object:
+    """Upload ``plan`` as one object at ``url`` (atomically, SPEC 11.4): exactly the bytes a
+    local save writes. ``sums`` are the stored tensors' xxh3-64 when already computed."""
+    if sums is None:
+        sums = digests(plan)
+    with paused_gc():
+        header = render_header(plan, sums)
+    size = len(header) + plan.data_len
+    report = reporter(progress, size, f"saving {split(url)[1]}") if progress else None
+    digest = xxhash.xxh3_64()
+    chunks = _hashed(_stream(header, plan), digest)
+    upload(store, url, chunks, size, concurrency=concurrency, progress=report)
+    return Object(url, size, digest.hexdigest())
 
 
 def _hashed(chunks: Iterable[bytes | memoryview], digest: Any) -> Iterator[bytes | memoryview]:

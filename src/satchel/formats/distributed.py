@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import stat
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +25,7 @@ from ..adapters import c_strides
 from ..errors import FormatError
 from ._reader import Probe
 
-__all__ = ["read", "sniff"]
+__all__ = ["assemble", "read", "sniff"]
 
 _MARK = b'{"format":"satchel-distributed"'
 
@@ -55,9 +56,29 @@ def read(path: Path, *, verify: bool = True) -> Tree:
         path = path.parent
     where = str(path / LAYOUT_FILE)
     layout = parse_layout(_read_regular(path / LAYOUT_FILE, where), where=where)
+
+    def open_piece(file: str) -> ArrayFile:
+        piece_path = _piece_path(path, file, where)  # SPEC 10.7: or in the root's pool
+        if not piece_path.is_file() or piece_path.is_symlink():
+            raise FormatError(
+                f"{where}: a piece is in {file}, which is missing or not a regular file",
+                path=where,
+                field=file,
+            )
+        tree = read_native(piece_path, mmap=True, verify=verify)
+        return ArrayFile(tree, path=str(piece_path), framework="numpy")
+
+    return assemble(layout, open_piece, where=where, verify=verify)
+
+
+def assemble(
+    layout: Layout, open_piece: Callable[[str], ArrayFile], *, where: str, verify: bool
+) -> Tree:
+    """Every tensor of ``layout`` whole, its pieces read from the files ``open_piece`` opens
+    by the layout's ``file`` name (a local folder here, object storage in ``_remote``)."""
     files: dict[str, ArrayFile] = {}
     try:
-        refs = [_tensor(t, path, files, verify=verify, where=where) for t in layout.tensors]
+        refs = [_tensor(t, open_piece, files, where=where) for t in layout.tensors]
     finally:
         for f in files.values():
             f.close()
@@ -66,25 +87,17 @@ def read(path: Path, *, verify: bool = True) -> Tree:
 
 
 def _tensor(
-    t: TensorLayout, folder: Path, files: dict[str, ArrayFile], *, verify: bool, where: str
+    t: TensorLayout,
+    open_piece: Callable[[str], ArrayFile],
+    files: dict[str, ArrayFile],
+    *,
+    where: str,
 ) -> ArrayRef:
     whole = np.empty(t.shape, dtype=t.dtype.numpy)
     for p in t.pieces:
         f = files.get(p.file)
         if f is None:
-            piece_path = _piece_path(folder, p.file, where)  # SPEC 10.7: or in the root's pool
-            if not piece_path.is_file() or piece_path.is_symlink():
-                raise FormatError(
-                    f"{where}: tensor {t.name!r} has a piece in {p.file}, which is missing or "
-                    "not a regular file",
-                    path=where,
-                    field=t.name,
-                )
-            f = files[p.file] = ArrayFile(
-                read_native(piece_path, mmap=True, verify=verify),
-                path=str(piece_path),
-                framework="numpy",
-            )
+            f = files[p.file] = open_piece(p.file)
         if p.key not in f:
             raise FormatError(
                 f"{where}: {p.file} lacks piece {p.key!r} of tensor {t.name!r}",

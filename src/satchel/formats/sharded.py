@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -173,7 +173,14 @@ def _safetensors(index: Index, shards: dict[str, Path], *, where: str, verify: b
     return Tree(flat, "sharded", {"format": "sharded"}, checksummed=checksummed and verify)
 
 
-def _pooled(index: Index, folder: Path, *, where: str, verify: bool) -> Tree:
+def _pooled(
+    index: Index,
+    folder: Path | None,
+    *,
+    where: str,
+    verify: bool,
+    open_pool: Callable[[str], tuple[Any, Any, dict[str, Storage]]] | None = None,
+) -> Tree:
     """An incremental checkpoint's item (SPEC 8.17): every stored tensor is an entry of a pool
     file in ``<root>/blobs``, ``root`` the checkpoint root the item's step folder is in.
 
@@ -181,6 +188,9 @@ def _pooled(index: Index, folder: Path, *, where: str, verify: bool) -> Tree:
     one stored tensor at most (two would share memory after loading, which the writer never
     means), must have that tensor's byte length and checksum and start aligned for every leaf
     viewing it. Bytes are verified on first touch (SPEC 3.7), as for any shard.
+
+    ``open_pool`` opens a pool file by name as ``(header, manifest, storages)`` where the pool
+    is not a local folder (object storage, ``_remote.reader``); the checks are the same.
     """
     m = index.manifest
     assert m is not None  # parse_index requires it beside pool references
@@ -194,12 +204,17 @@ def _pooled(index: Index, folder: Path, *, where: str, verify: bool) -> Tree:
     for name, want in m.stored.items():
         file, key = index.pool[name]
         if file not in opened:
-            f = open_file(resolve(folder, file, where))
-            opened[file] = stored_storages(f, verify=verify)
-            sums = f.manifest.stored if f.manifest is not None else {}
+            if open_pool is None:
+                assert folder is not None
+                f = open_file(resolve(folder, file, where))
+                header, manifest = f.header, f.manifest
+                opened[file] = stored_storages(f, verify=verify)
+            else:
+                header, manifest, opened[file] = open_pool(file)
+            sums = manifest.stored if manifest is not None else {}
             entries[file] = {
                 e.name: (e.start, e.end, sums[e.name].xxh3 if e.name in sums else None)
-                for e in f.header.entries
+                for e in header.entries
             }
         got = entries[file].get(key)
         if got is None:
