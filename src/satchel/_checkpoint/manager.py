@@ -20,13 +20,12 @@ import os
 import shutil
 import threading
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 from .. import retention
 from .._gcpause import paused_gc
-from .._io.atomic import fsync_dir
+from .._io.atomic import fsync_dir, replace_folder
 from .._io.oserror import make_folder, os_errors
 from .._remote.url import is_url
 from .._shards.names import parse_size
@@ -38,6 +37,7 @@ from .incremental import Pool, newest_committed
 from .items import plan_item, write_item
 from .layout import EXTRA_ITEM, is_temp, step_name, temp_path, trash_path
 from .lock import WriterLock
+from .options import How, decide, flag, metrics_of, own_kept, policies_of
 from .record import CommitRecord, FileRecord, ItemRecord, write_commit
 from .remote import RemoteManager
 from .snapshot import snapshot
@@ -110,14 +110,14 @@ class CheckpointManager:
         if storage_options:  # a URL root never gets here (__new__): SPEC 11.9
             raise UsageError(f"{root}: storage_options apply to URL roots (s3://...) only")
         self.root = Path(root)
-        self.incremental = _flag(incremental, "incremental")
+        self.incremental = flag(incremental, "incremental")
         # SPEC 10.1: with a process group, save and restore are collective; rank 0 owns the
         # root (lock, temp folder, commit record) and every rank writes its own pieces.
         self._group = process_group
         self._rank = 0 if process_group is None else _rank_in(process_group)
         self._private: Any = None  # the background saves' own group, made at the first one
         self.max_shard_size = None if max_shard_size is None else parse_size(max_shard_size)
-        self.policies: tuple[retention.Policy, ...] = _policies(
+        self.policies: tuple[retention.Policy, ...] = policies_of(
             keep_last, keep_every, keep_best, policies
         )
         self._thread: threading.Thread | None = None
@@ -187,12 +187,12 @@ class CheckpointManager:
         if not items:
             raise UsageError("save() needs at least one item, e.g. model=model")
         limit = self.max_shard_size if max_shard_size is None else parse_size(max_shard_size)
-        inc = self.incremental if incremental is None else _flag(incremental, "incremental")
-        how = _How(limit, inc)
+        inc = self.incremental if incremental is None else flag(incremental, "incremental")
+        how = How(limit, inc)
         prepared = {name: _targets.prepare(name, value) for name, value in items.items()}
         if extra is not None:
             prepared[EXTRA_ITEM] = extra
-        clean_metrics = _metrics(metrics)
+        clean_metrics = metrics_of(metrics)
         if self._group is not None:
             self._save_collective(
                 step, prepared, clean_metrics, overwrite, blocking, incremental=inc
@@ -315,7 +315,7 @@ class CheckpointManager:
         items: dict[str, Any],
         metrics: dict[str, float],
         overwrite: bool,
-        how: _How,
+        how: How,
     ) -> None:
         try:
             self._write(step, items, metrics, overwrite, how)
@@ -344,7 +344,7 @@ class CheckpointManager:
         items: dict[str, Any],
         metrics: dict[str, float],
         overwrite: bool,
-        how: _How,
+        how: How,
     ) -> None:
         with paused_gc():  # planning builds many small objects; writing builds none
             plans = [
@@ -386,7 +386,7 @@ class CheckpointManager:
             # Decided before anything is written, so a failing user policy costs no files; the
             # decision goes into the commit record and is carried out after the commit.
             others = [i for i in self._view.checkpoints(verify=False) if i.step != step]
-            kept = self._decide(others, step, metrics)
+            kept = decide(self.policies, others, step, metrics)
             tmp = temp_path(self.root, step)
             os.mkdir(tmp)
         return tmp, others, kept
@@ -408,10 +408,13 @@ class CheckpointManager:
         with os_errors(self.root, f"save step {step}"):
             try:
                 names = tuple(p.name for p in self.policies)
-                record = CommitRecord.new(step, records, metrics, names, self._own(kept), pool=pool)
+                record = CommitRecord.new(
+                    step, records, metrics, names, own_kept(self.policies, kept), pool=pool
+                )
                 write_commit(tmp, record)
                 fsync_dir(tmp)
-                self._commit(tmp, self.root / step_name(step))
+                # SPEC 8.5; with overwrite the old folder is put back if the rename fails (8.10).
+                replace_folder(tmp, self.root / step_name(step))
             except BaseException:
                 shutil.rmtree(tmp, ignore_errors=True)
                 raise
@@ -420,23 +423,6 @@ class CheckpointManager:
             self._apply_retention(step, others, kept)
             # SPEC 8.19: then the pool files only the deleted steps referenced.
             collect(self.root)
-
-    def _commit(self, tmp: Path, final: Path) -> None:
-        """Rename the finished folder into place (SPEC 8.5); with overwrite, the old one is
-        moved aside first and put back if the new one cannot take its place (SPEC 8.10)."""
-        old = self._stash(final) if os.path.lexists(final) else None
-        try:
-            os.rename(tmp, final)
-        except BaseException:
-            if old is not None:
-                with contextlib.suppress(OSError):
-                    os.rename(old, final)
-            raise
-        try:
-            fsync_dir(self.root)
-        finally:
-            if old is not None:
-                _discard(old)
 
     def _stash(self, folder: Path) -> Path:
         """Rename a step folder (or whatever has its name) to a temp name, durably, so no crash
@@ -461,20 +447,6 @@ class CheckpointManager:
                 else:
                     with contextlib.suppress(FileNotFoundError):
                         p.unlink()
-
-    def _decide(
-        self, infos: Sequence[CheckpointInfo], step: int, metrics: Mapping[str, float]
-    ) -> dict[int, list[str]]:
-        """Run the policies over the committed steps, ``step`` (not yet written) included."""
-        records = [retention.CheckpointRecord(i.step, i.record.metrics) for i in infos if i.record]
-        records.append(retention.CheckpointRecord(step, dict(metrics)))
-        records.sort(key=lambda r: r.step)
-        return retention.decide(self.policies, records)
-
-    def _own(self, kept: Mapping[int, list[str]]) -> dict[str, tuple[int, ...]]:
-        """The steps each user-written policy keeps: what its commit record must carry."""
-        own = [p.name for p in self.policies if not retention.portable(p)]
-        return {name: tuple(s for s in sorted(kept) if name in kept[s]) for name in own}
 
     def _apply_retention(
         self, just_saved: int, infos: Sequence[CheckpointInfo], kept: Mapping[int, list[str]]
@@ -543,61 +515,6 @@ def _discard(path: Path) -> None:
     else:
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
-
-
-def _policies(
-    keep_last: int | None,
-    keep_every: int | None,
-    keep_best: tuple[str, Literal["min", "max"], int] | None,
-    more: Iterable[retention.Policy],
-) -> tuple[retention.Policy, ...]:
-    out: list[retention.Policy] = []
-    if keep_last is not None:
-        out.append(retention.KeepLast(_positive(keep_last, "keep_last")))
-    if keep_every is not None:
-        out.append(retention.KeepEvery(_positive(keep_every, "keep_every")))
-    if keep_best is not None:
-        metric, mode, k = keep_best
-        if mode not in ("min", "max"):
-            raise UsageError(f"keep_best mode must be 'min' or 'max', got {mode!r}")
-        out.append(retention.KeepBest(metric, mode, _positive(k, "keep_best k")))
-    for p in more:
-        retention.check_policy(p)
-        out.append(p)
-    names = [p.name for p in out]
-    if len(set(names)) != len(names):
-        raise UsageError(f"retention policy names must be unique, got {names}")
-    return tuple(out)
-
-
-@dataclass(frozen=True)
-class _How:
-    """How one save writes its items: ``max_shard_size`` and ``incremental`` as resolved."""
-
-    limit: int | None
-    incremental: bool
-
-
-def _flag(value: object, what: str) -> bool:
-    if not isinstance(value, bool):
-        raise UsageError(f"{what} must be True or False, got {value!r}")
-    return value
-
-
-def _positive(n: int, what: str) -> int:
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise UsageError(f"{what} must be a positive int, got {n!r}")
-    return n
-
-
-def _metrics(metrics: Mapping[str, float] | None) -> dict[str, float]:
-    out = {}
-    for k, v in (metrics or {}).items():
-        try:
-            out[str(k)] = float(v)
-        except (TypeError, ValueError) as e:
-            raise UsageError(f"metric {k!r} must be a number, got {v!r}") from e
-    return out
 
 
 class RankLock:

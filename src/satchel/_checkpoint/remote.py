@@ -39,6 +39,7 @@ from ..errors import (
 )
 from . import targets as _targets
 from .layout import COMMIT_FILE, EXTRA_ITEM, SHARD_INDEX, item_file, step_name
+from .options import decide, metrics_of, own_kept, policies_of
 from .record import CommitRecord, FileRecord, ItemRecord
 from .remote_pool import NO_RECORD, RemotePool, collect_remote, encode_commit
 from .remote_view import RemoteView
@@ -79,7 +80,7 @@ class RemoteManager(RemoteView):
         self._options = dict(storage_options or {})
         self._store: Store = open_store(self.root, storage_options)
         self.max_shard_size = None if max_shard_size is None else parse_size(max_shard_size)
-        self.policies = _policies(keep_last, keep_every, keep_best, policies)
+        self.policies = policies_of(keep_last, keep_every, keep_best, policies)
         self._thread: threading.Thread | None = None
         self._failed: BaseException | None = None
         self._closed = False
@@ -122,7 +123,7 @@ class RemoteManager(RemoteView):
         prepared = {name: _targets.prepare(name, value) for name, value in items.items()}
         if extra is not None:
             prepared[EXTRA_ITEM] = extra
-        clean = _metrics(metrics)
+        clean = metrics_of(metrics)
         if self._group is not None:
             from .remote_collective import save  # noqa: PLC0415 - torch, with a group only
 
@@ -213,7 +214,7 @@ class RemoteManager(RemoteView):
             self._delete_step(step)  # the record first: the old step is invalid from here on
         collect_remote(self._store, self.root, self._listing())
         others = [i for i in infos if i.step != step and i.record is not None]
-        return others, _decide(self.policies, others, step, metrics)
+        return others, decide(self.policies, others, step, metrics)
 
     def _commit(
         self,
@@ -226,7 +227,7 @@ class RemoteManager(RemoteView):
         """Commit ``step``, whose every object is uploaded: its record, the last object."""
         folder = join(self.root, step_name(step))
         names = tuple(p.name for p in self.policies)
-        own = _own(self.policies, kept)
+        own = own_kept(self.policies, kept)
         record = CommitRecord.new(step, dict(records), dict(metrics), names, own, pool=pool)
         self._store.put_small(join(folder, COMMIT_FILE), encode_commit(record))
 
@@ -300,64 +301,3 @@ class RemoteManager(RemoteView):
 
             return restore(self, step, targets)
         return self._restore(step, targets)
-
-
-def _decide(
-    policies: tuple[retention.Policy, ...],
-    infos: list[CheckpointInfo],
-    step: int,
-    metrics: Mapping[str, float],
-) -> dict[int, list[str]]:
-    records = [retention.CheckpointRecord(i.step, i.record.metrics) for i in infos if i.record]
-    records.append(retention.CheckpointRecord(step, dict(metrics)))
-    records.sort(key=lambda r: r.step)
-    return retention.decide(policies, records)
-
-
-def _own(
-    policies: tuple[retention.Policy, ...], kept: Mapping[int, list[str]]
-) -> dict[str, tuple[int, ...]]:
-    own = [p.name for p in policies if not retention.portable(p)]
-    return {name: tuple(s for s in sorted(kept) if name in kept[s]) for name in own}
-
-
-def _policies(
-    keep_last: int | None,
-    keep_every: int | None,
-    keep_best: tuple[str, Literal["min", "max"], int] | None,
-    more: Iterable[retention.Policy],
-) -> tuple[retention.Policy, ...]:
-    """As the local manager's: the built-ins from their arguments, then the user's own."""
-    out: list[retention.Policy] = []
-    if keep_last is not None:
-        out.append(retention.KeepLast(_positive(keep_last, "keep_last")))
-    if keep_every is not None:
-        out.append(retention.KeepEvery(_positive(keep_every, "keep_every")))
-    if keep_best is not None:
-        metric, mode, k = keep_best
-        if mode not in ("min", "max"):
-            raise UsageError(f"keep_best mode must be 'min' or 'max', got {mode!r}")
-        out.append(retention.KeepBest(metric, mode, _positive(k, "keep_best k")))
-    for p in more:
-        retention.check_policy(p)
-        out.append(p)
-    names = [p.name for p in out]
-    if len(set(names)) != len(names):
-        raise UsageError(f"retention policy names must be unique, got {names}")
-    return tuple(out)
-
-
-def _positive(n: int, what: str) -> int:
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise UsageError(f"{what} must be a positive int, got {n!r}")
-    return n
-
-
-def _metrics(metrics: Mapping[str, float] | None) -> dict[str, float]:
-    out = {}
-    for k, v in (metrics or {}).items():
-        try:
-            out[str(k)] = float(v)
-        except (TypeError, ValueError) as e:
-            raise UsageError(f"metric {k!r} must be a number, got {v!r}") from e
-    return out
