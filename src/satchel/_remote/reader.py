@@ -30,7 +30,7 @@ from .._tree import unflatten
 from ..adapters import c_strides
 from ..errors import FormatError, SatchelFileNotFoundError
 from ..formats.distributed import assemble
-from ..formats.sharded import _pooled, _promised, _same_as_index
+from ..formats.sharded import _pooled, assemble_shards
 from .ranged import RangedBytes
 from .store import Store, open_store
 from .url import StorageOptions, join
@@ -219,33 +219,14 @@ def _sharded(
 
     with ThreadPoolExecutor(max_workers=max(1, min(concurrency, len(index.files)))) as pool:
         objects = dict(zip(index.files, pool.map(header_of, index.files), strict=True))
-    storages: dict[str, Storage] = {}
-    refs: dict[str, ArrayRef] = {}
-    owner: dict[str, str] = {}
-    for file, obj in objects.items():
-        if index.manifest is not None:
-            _same_as_index(index.manifest, obj.manifest, index, file, index_url)
-            storages.update(_storages(obj, verify=verify))
-        else:
-            root = _tree(obj, verify=verify).root
-            refs.update((k, v) for k, v in root.items() if isinstance(v, ArrayRef))
-        for e in obj.header.entries:
-            if e.name in owner:
-                raise FormatError(
-                    f"{index_url}: tensor {e.name!r} is in two shards ({owner[e.name]} and {file})",
-                    path=index_url,
-                    field=e.name,
-                )
-            owner[e.name] = file
-    _promised(index, owner, index_url)
-    if index.manifest is not None:
-        m = index.manifest
-        leaves = leaf_refs(m.leaves, storages)
-        root = unflatten(m.root, leaves.__getitem__, where=f"{index_url}: satchel manifest")
-        return Tree(root, "sharded", dict(m.metadata), m.module, checksummed=True)
-    flat = {name: refs[name] for name in index.weight_map}
-    checksummed = verify and all(o.manifest is not None for o in objects.values())
-    return Tree(flat, "sharded", {"format": "sharded"}, checksummed=checksummed)
+    return assemble_shards(
+        index,
+        objects,
+        where=index_url,
+        storages_of=partial(_storages, verify=verify),
+        tree_of=partial(_tree, verify=verify),
+        verify=verify,
+    )
 
 
 def pool_url(item_folder: str, file: str) -> str:

@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
+from .._format.header import Header
 from .._format.manifest import Manifest
 from .._io.reader import open_file
 from .._read.native import leaf_refs, native_tree, stored_storages
@@ -29,10 +31,12 @@ from ..errors import FormatError, IntegrityError
 from . import torch as torch_reader
 from ._reader import Probe
 
-__all__ = ["find_index", "read", "sniff"]
+__all__ = ["OpenedShard", "assemble_shards", "find_index", "read", "sniff"]
 
 _SAFE_INDEX = ".safetensors.index.json"
 _BIN_INDEX = ".bin.index.json"
+
+_S = TypeVar("_S", bound="OpenedShard")
 
 
 def find_index(folder: Path) -> Path | None:
@@ -140,22 +144,57 @@ def _prefetch_headers(paths: Iterable[Path]) -> None:
 
 
 def _safetensors(index: Index, shards: dict[str, Path], *, where: str, verify: bool) -> Tree:
+    opened = {file: open_file(path) for file, path in shards.items()}
+    return assemble_shards(
+        index,
+        opened,
+        where=where,
+        storages_of=partial(stored_storages, verify=verify),
+        tree_of=partial(native_tree, verify=verify),
+        verify=verify,
+    )
+
+
+class OpenedShard(Protocol):
+    """What :func:`assemble_shards` needs of an opened shard, local or remote."""
+
+    @property
+    def header(self) -> Header: ...
+
+    @property
+    def manifest(self) -> Manifest | None: ...
+
+
+def assemble_shards(
+    index: Index,
+    opened: Mapping[str, _S],
+    *,
+    where: str,
+    storages_of: Callable[[_S], dict[str, Storage]],
+    tree_of: Callable[[_S], Tree],
+    verify: bool,
+) -> Tree:
+    """The checkpoint ``index`` describes, from its shards opened (headers read) as
+    ``opened[file]``, wherever they live (a folder here, object storage in ``_remote``).
+
+    With satchel's manifest in the index, each shard must record the index's checksums (SPEC
+    9.5) and the tree is the manifest's over the shards' storages; without one, the shards'
+    tensors as a flat dict in ``weight_map`` order. Either way every tensor must be in the shard
+    the index names and in no other.
+    """
     storages: dict[str, Storage] = {}
     refs: dict[str, ArrayRef] = {}
     owner: dict[str, str] = {}
-    checksummed = True
-    for file, path in shards.items():
-        opened = open_file(path)
-        checksummed = checksummed and opened.manifest is not None
+    for file, shard in opened.items():
         if index.manifest is not None:
-            _same_as_index(index.manifest, opened.manifest, index, file, where)
-            storages.update(stored_storages(opened, verify=verify))
+            _same_as_index(index.manifest, shard.manifest, index, file, where)
+            storages.update(storages_of(shard))
         else:
-            root = native_tree(opened, verify=verify).root
+            root = tree_of(shard).root
             for name, x in root.items() if isinstance(root, dict) else ():
                 if isinstance(x, ArrayRef):
                     refs[name] = x
-        for e in opened.header.entries:
+        for e in shard.header.entries:
             if e.name in owner:
                 raise FormatError(
                     f"{where}: tensor {e.name!r} is in two shards ({owner[e.name]} and {file})",
@@ -170,7 +209,8 @@ def _safetensors(index: Index, shards: dict[str, Path], *, where: str, verify: b
         root = unflatten(m.root, leaves.__getitem__, where=f"{where}: satchel manifest")
         return Tree(root, "sharded", dict(m.metadata), m.module, checksummed=True)
     flat = {name: refs[name] for name in index.weight_map}
-    return Tree(flat, "sharded", {"format": "sharded"}, checksummed=checksummed and verify)
+    checksummed = verify and all(o.manifest is not None for o in opened.values())
+    return Tree(flat, "sharded", {"format": "sharded"}, checksummed=checksummed)
 
 
 def _pooled(
