@@ -29,6 +29,7 @@ from .view import CheckpointInfo, CheckpointWarning, RestoreResult, _rebuild, wi
 __all__ = ["RemoteView"]
 
 _RETRIES = 20  # listings taken while a writer commits or deletes: look again, briefly
+_RECORD_RACES = 5  # of those, how many may follow a listing whose only fault is a missing record
 
 
 class RemoteView:
@@ -141,11 +142,15 @@ class RemoteView:
         """One process's restore (``RemoteManager.restore`` without a process group)."""
         skipped: list[tuple[int, str]] = []
         for attempt in range(_RETRIES):
-            skipped, vanished = [], False
+            skipped, vanished, missing = [], False, False
             infos = [i for i in self._listing() if step is None or i.step == step]
             for info in reversed(infos):
                 if info.record is None:
                     skipped.append((info.step, info.problem or "no commit record"))
+                    # Records are read one by one: a writer may have committed a step read
+                    # before its record came and deleted an older one's record since. Only
+                    # if nothing valid turns up does that count (a few fresh listings).
+                    missing = missing or (info.problem == NO_RECORD and attempt < _RECORD_RACES)
                     continue
                 try:
                     problem = self._problem(info.step, info.record, whole=False)
@@ -162,7 +167,7 @@ class RemoteView:
                         warnings.warn(msg, CheckpointWarning, stacklevel=2)
                     return self._apply(info, items, targets, tuple(skipped))
                 skipped.append((info.step, problem))
-            if not vanished:
+            if not (vanished or missing):
                 break
             time.sleep(0.01 * (attempt + 1))
         detail = "; ".join(f"step {s}: {why}" for s, why in skipped) or "none saved"
