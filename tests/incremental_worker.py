@@ -84,13 +84,13 @@ def arm(point: str) -> None:
     elif point == "before-commit":
         manager.write_commit = lambda *a, **k: _die()  # type: ignore[assignment]
     elif point == "after-commit":
-        real_commit = manager.CheckpointManager._commit
+        real_replace = manager.replace_folder
 
-        def commit(self: Any, tmp: Any, final: Any) -> None:
-            real_commit(self, tmp, final)
+        def commit(tmp: Any, final: Any) -> None:  # the rename that commits the step
+            real_replace(tmp, final)
             _die()
 
-        manager.CheckpointManager._commit = commit  # type: ignore[method-assign]
+        manager.replace_folder = commit  # type: ignore[assignment]
     elif point == "retention":
         manager._discard = lambda path: _die()  # type: ignore[assignment]
     elif point == "collect":

@@ -13,6 +13,8 @@ import math
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from itertools import accumulate, repeat
+from operator import attrgetter, mod, sub
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -86,14 +88,15 @@ class Plan:
 
 def digests(plan: Plan) -> list[str]:
     """xxh3-64 of every stored tensor, in file order (SPEC 3.7)."""
-    return [xxh3_hex(s.data) for s in plan.stored]
+    return list(map(xxh3_hex, map(_DATA, plan.stored)))
 
 
 def render_header(plan: Plan, digests: Sequence[str]) -> bytes:
     """The header bytes (length prefix, JSON, padding) of ``plan`` given its digests. Pure."""
-    stored = {
-        s.name: Stored(s.dtype, s.shape, d) for s, d in zip(plan.stored, digests, strict=True)
-    }
+    if len(digests) != len(plan.stored):
+        raise ValueError(f"{len(digests)} digests for {len(plan.stored)} stored tensors")
+    records = map(Stored, map(_DTYPE, plan.stored), map(_SHAPE, plan.stored), digests)
+    stored = dict(zip(map(_NAME, plan.stored), records, strict=True))
     manifest = encode_manifest(
         Manifest(plan.skeleton, plan.leaves, stored, dict(plan.metadata), plan.module)
     )
@@ -123,9 +126,13 @@ def plan_save(
         UnsupportedObjectError: for anything satchel cannot store; nothing is written then.
     """
     meta = _check_metadata(metadata)
-    flat = _state_dict(obj) or flatten(obj, is_leaf=is_array)
-    views = _describe_all(flat.leaves, flat.names)
+    state = _state_dict(obj)
+    flat = state or flatten(obj, is_leaf=is_array)
     names = unique_names(flat.names, reserved=_RESERVED)
+    plain = _plain_torch(flat.leaves, names) if state is not None else None
+    if plain is not None:
+        return _layout(flat.skeleton, *plain, meta, module)
+    views = _describe_all(flat.leaves, flat.names)
     stores: list[_Store] = []
     leaves: list[Leaf | None] = [None] * len(views)
     for group in _groups(views):
@@ -141,6 +148,22 @@ def plan_save(
         else:
             _plan_shared(group, views, names, stores, leaves)
     return _layout(flat.skeleton, [x for x in leaves if x is not None], stores, meta, module)
+
+
+def _plain_torch(values: Sequence[Any], names: list[str]) -> tuple[list[Leaf], list[_Store]] | None:
+    """What the loop of ``plan_save`` makes of a state dict of plain torch tensors (each its
+    own allocation, so each stored whole), built over whole lists; None for anything else."""
+    if "torch" not in sys.modules:
+        return None
+    from .adapters import torch as torch_adapter  # noqa: PLC0415 - torch is imported already
+
+    described = torch_adapter.describe_plain(values)
+    if described is None:
+        return None
+    dts, shapes, data = described
+    stores = list(map(_Store, names, dts, shapes, data, map(_ITEMSIZE, dts)))
+    leaves = list(map(Leaf, repeat("torch"), repeat("tensor"), dts, shapes, names))  # type: ignore[arg-type]
+    return leaves, stores
 
 
 def _describe_all(leaves: Sequence[Any], names: Sequence[str]) -> list[ArrayView]:
@@ -166,12 +189,23 @@ def _state_dict(obj: Any) -> Flat | None:
         return None
     keys = list(obj)
     values = list(obj.values())
-    if not all(type(k) is str for k in keys) or not all(map(is_array, values)):
+    if set(map(type, keys)) != {str}:
+        return None
+    if not set(map(type, values)) <= _array_types() and not all(map(is_array, values)):
         return None
     if len(set(map(id, values))) != len(values):
         return None  # tied arrays: the walk stores each once
     skeleton = {"$dict": [[k, {"$t": i}] for i, k in enumerate(keys)]}
     return Flat(skeleton, tuple(values), tuple(keys))
+
+
+def _array_types() -> set[type]:
+    """Types whose every instance is an array leaf (``is_array``'s answer, known in bulk)."""
+    found: set[type] = {np.ndarray}
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        found.add(torch.Tensor)
+    return found
 
 
 def _check_metadata(metadata: Mapping[str, str] | None) -> dict[str, str]:
@@ -321,17 +355,33 @@ def _layout(
 ) -> Plan:
     # SPEC 2.2: larger item sizes first; every size divides the ones before it and each tensor's
     # byte length is a multiple of its item size, so each start stays aligned with no padding.
-    if any(s.data.nbytes % s.align for s in stores):
+    sizes = list(map(_NBYTES, stores))
+    aligns = list(map(_ALIGN, stores))
+    if any(map(mod, sizes, aligns)):
         stores = [_padded(s) for s in stores]
-    ordered = sorted(stores, key=_by_align)  # stable: equal item sizes keep their order
-    entries: list[Entry] = []
-    pos = 0
-    for s in ordered:
-        n = s.data.nbytes
-        wire_dt, wire_shape = (s.dtype, s.shape) if s.dtype.wire else (_U8, (n,))
-        entries.append(Entry(s.name, wire_dt, wire_shape, pos, pos + n))
-        pos += n
+        sizes = list(map(_NBYTES, stores))
+    ordered = stores if len(set(aligns)) <= 1 else sorted(stores, key=_by_align)  # stable
+    if ordered is not stores:
+        sizes = list(map(_NBYTES, ordered))
+    ends = list(accumulate(sizes))
+    starts = list(map(sub, ends, sizes))
+    dts = list(map(_DTYPE, ordered))
+    if all(map(_WIRE, dts)):
+        names = map(_NAME, ordered)
+        entries = list(map(Entry, names, dts, map(_SHAPE, ordered), starts, ends))
+    else:  # SPEC 2.4: a dtype safetensors cannot name goes on the wire as U8 bytes
+        entries = [
+            Entry(s.name, s.dtype, s.shape, a, b)
+            if s.dtype.wire
+            else Entry(s.name, _U8, (b - a,), a, b)
+            for s, a, b in zip(ordered, starts, ends, strict=True)
+        ]
     return Plan(tuple(entries), tuple(ordered), tuple(leaves), skeleton, meta, module)
+
+
+_NBYTES, _ALIGN = attrgetter("data.nbytes"), attrgetter("align")
+_DTYPE, _NAME, _SHAPE = attrgetter("dtype"), attrgetter("name"), attrgetter("shape")
+_WIRE, _ITEMSIZE, _DATA = attrgetter("wire"), attrgetter("itemsize"), attrgetter("data")
 
 
 def _by_align(s: StoredTensor) -> int:

@@ -217,10 +217,14 @@ def validate_skeleton(skeleton: Json, n_leaves: int, *, where: str) -> None:
 
 def unique_names(paths: Iterable[str], *, reserved: frozenset[str] = frozenset()) -> list[str]:
     """Display names for dotted paths: the root is ``tensor``; a clash gets ``#1``, ``#2``...."""
+    given = list(paths)
+    distinct = set(given)
+    if len(distinct) == len(given) and "" not in distinct and distinct.isdisjoint(reserved):
+        return given  # no clash: every path is its own name (what the loop below gives)
     taken: set[str] = set(reserved)
     next_k: dict[str, int] = {}  # per stem, so many clashes stay linear
     out = []
-    for p in paths:
+    for p in given:
         stem = p or "tensor"
         name, k = stem, next_k.get(stem, 1)
         while name in taken:

@@ -19,7 +19,8 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from functools import partial
-from itertools import chain
+from itertools import chain, compress
+from operator import attrgetter
 from typing import Any, get_args
 
 from .. import dtypes
@@ -61,23 +62,30 @@ def encode_columns(
     records = stored.values()
     stored_doc = {
         "names": names,
-        "dtypes": [s.dtype.name for s in records],
-        "shapes": [list(s.shape) for s in records],
-        "xxh3": "".join(s.xxh3 for s in records),
+        "dtypes": list(map(_DTYPE_NAME, records)),
+        "shapes": list(map(list, map(_SHAPE, records))),
+        "xxh3": "".join(map(_XXH3, records)),
     }
+    strides = list(map(_STRIDES, leaves))
+    viewing = [s is not None for s in strides]
     views = [
         [i, x.dtype.name, list(x.shape), x.offset, list(x.strides)]
-        for i, x in enumerate(leaves)
+        for i, x in compress(enumerate(leaves), viewing)
         if x.strides is not None
     ]
     leaves_doc = {
-        "data": [index[x.data] for x in leaves],
-        "framework": [x.framework for x in leaves],
-        "kind": [x.kind for x in leaves],
-        "requires_grad": [i for i, x in enumerate(leaves) if x.requires_grad],
+        "data": list(map(index.__getitem__, map(_DATA, leaves))),
+        "framework": list(map(_FRAMEWORK, leaves)),
+        "kind": list(map(_KIND, leaves)),
+        "requires_grad": list(compress(range(len(leaves)), map(_GRAD, leaves))),
         "views": views,
     }
     return leaves_doc, stored_doc
+
+
+_DTYPE_NAME, _SHAPE, _XXH3 = attrgetter("dtype.name"), attrgetter("shape"), attrgetter("xxh3")
+_STRIDES, _DATA, _GRAD = attrgetter("strides"), attrgetter("data"), attrgetter("requires_grad")
+_FRAMEWORK, _KIND = attrgetter("framework"), attrgetter("kind")
 
 
 def parse_columns(
@@ -105,9 +113,14 @@ def parse_columns(
     return lambda: (leaves, stored), None
 
 
-def _records(names: list[str], dts: list[str], shapes: list[tuple[int, ...]], digests: str) -> list[Stored]:
+def _records(
+    names: list[str], dts: list[str], shapes: list[tuple[int, ...]], digests: str
+) -> list[Stored]:
     types = map(_BY_NAME.__getitem__, dts)
-    sums = map(digests.__getitem__, map(slice, range(0, 16 * len(names), 16), range(16, 16 * len(names) + 16, 16)))
+    sums = map(
+        digests.__getitem__,
+        map(slice, range(0, 16 * len(names), 16), range(16, 16 * len(names) + 16, 16)),
+    )
     return list(map(Stored, types, shapes, sums))
 
 
@@ -205,7 +218,7 @@ def _leaf_columns(
     return data, fws, kinds
 
 
-def _leaves(  # noqa: PLR0913, PLR0917 - private: the columns checked so far
+def _leaves(  # noqa: PLR0917 - private: the columns checked so far
     cols: dict[str, Any],
     data: list[int],
     fws: list[Framework],

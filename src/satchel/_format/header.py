@@ -12,9 +12,9 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Iterable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Sequence
 from json.encoder import encode_basestring_ascii as c_quote
+from operator import attrgetter
 from typing import Any, NamedTuple
 
 from .. import dtypes
@@ -33,6 +33,7 @@ __all__ = [
     "json_object",
     "parse_header",
     "parse_length",
+    "render_columns",
     "render_entries",
 ]
 
@@ -64,18 +65,57 @@ class Entry(NamedTuple):
         return self.end - self.start
 
 
-@dataclass(frozen=True)
 class Header:
-    """A validated header: entries in data order, the string metadata, where data begins."""
+    """A validated header: entries in data order, the string metadata, where data begins.
 
-    entries: tuple[Entry, ...]
-    metadata: dict[str, str]
-    data_start: int
-    data_len: int
-    by_name: dict[str, Entry] = field(default_factory=dict, compare=False, repr=False)
+    A header satchel wrote is checked as a whole against its manifest (SPEC 3.11); its entries
+    are then built only when someone asks for them, and ``ends`` holds the end offset of each
+    stored tensor in the manifest's order (each starts where the previous one ends).
+    """
+
+    __slots__ = ("_build", "_by_name", "_entries", "data_len", "data_start", "ends", "metadata")
+
+    def __init__(
+        self,
+        entries: tuple[Entry, ...] | None,
+        metadata: dict[str, str],
+        data_start: int,
+        data_len: int,
+        *,
+        build: Callable[[], tuple[Entry, ...]] | None = None,
+        ends: list[int] | None = None,
+    ) -> None:
+        if entries is None and build is None:
+            raise TypeError("Header needs its entries or how to build them")
+        self._entries = entries
+        self._build = build
+        self._by_name: dict[str, Entry] | None = None
+        self.metadata = metadata
+        self.data_start = data_start
+        self.data_len = data_len
+        self.ends = ends
+
+    @property
+    def entries(self) -> tuple[Entry, ...]:
+        if self._entries is None:
+            assert self._build is not None
+            self._entries = self._build()
+            self._build = None
+        return self._entries
 
     def entry(self, name: str) -> Entry | None:
-        return self.by_name.get(name)
+        if self._by_name is None:
+            self._by_name = {e.name: e for e in self.entries}
+        return self._by_name.get(name)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Header):
+            return NotImplemented
+        mine = (self.entries, self.metadata, self.data_start, self.data_len)
+        return mine == (other.entries, other.metadata, other.data_start, other.data_len)
+
+    # Unhashable, like the dataclass it was: its contents are mutable.
+    __hash__ = None  # type: ignore[assignment]
 
 
 def parse_length(prefix: bytes, file_size: int, *, where: str) -> int:
@@ -203,9 +243,7 @@ def parse_header(raw: bytes, *, header_len: int, file_size: int, where: str) -> 
             f"{where}: tensors cover {pos} data bytes but the file holds {data_len}; "
             f"the file is {verb}"
         )
-    return Header(
-        tuple(entries), dict(meta_raw), data_start, data_len, {e.name: e for e in entries}
-    )
+    return Header(tuple(entries), dict(meta_raw), data_start, data_len)
 
 
 def _entry(name: str, spec: object, *, where: str) -> Entry:
@@ -298,9 +336,29 @@ def _dumps(value: object) -> str:
 
 def render_entries(entries: Iterable[Entry]) -> str:
     """The header's tensor entries as compact JSON members (no braces), in the given order."""
-    quote = c_quote  # the C string encoder json.dumps itself uses for ensure_ascii=True
-    return ",".join(
-        f'{quote(e.name)}:{{"dtype":"{e.dtype.wire}","shape":[{",".join(map(str, e.shape))}],'
-        f'"data_offsets":[{e.start},{e.end}]}}'
-        for e in entries
-    )
+    items = list(entries)
+    if not items:
+        return ""
+    names, types, shapes, starts, ends = zip(*items, strict=True)
+    wires = map(_WIRE, types)
+    return render_columns(names, wires, shapes, starts, ends)
+
+
+def render_columns(
+    names: Iterable[str],
+    wires: Iterable[str],
+    shapes: Sequence[tuple[int, ...]],
+    starts: Iterable[int],
+    ends: Iterable[int],
+) -> str:
+    """Entries given as columns (wire dtype names), rendered as compact JSON members: what
+    ``json.dumps(..., separators=(",", ":"), ensure_ascii=True)`` writes for them, each column
+    mapped in C (``c_quote`` is the string encoder json.dumps itself uses)."""
+    spelled = {sh: "[" + ",".join(map(str, sh)) + "]" for sh in set(shapes)}
+    quoted, spelled_shapes = map(c_quote, names), map(spelled.__getitem__, shapes)
+    members = zip(quoted, wires, spelled_shapes, starts, ends, strict=True)
+    return ",".join(map(_ENTRY.__mod__, members))
+
+
+_ENTRY = '%s:{"dtype":"%s","shape":%s,"data_offsets":[%d,%d]}'
+_WIRE = attrgetter("wire")

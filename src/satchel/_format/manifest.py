@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import math
 import re
+from itertools import repeat
+from operator import itemgetter
 from typing import Any, cast, get_args
 
 from .. import dtypes
@@ -18,7 +20,16 @@ from ..adapters import Framework, Kind
 from ..errors import FormatError
 from .columns import COMPACT_FROM, encode_columns, parse_columns
 from .header import check_addressable, json_object
-from .records import Leaf, Manifest, Stored, check_view, dtype_field, int_field, int_list
+from .records import (
+    Columns,
+    Leaf,
+    Manifest,
+    Stored,
+    check_view,
+    dtype_field,
+    int_field,
+    int_list,
+)
 from .records import shape_field as _shape
 
 __all__ = [
@@ -48,6 +59,7 @@ _HEX16 = re.compile(r"[0-9a-f]{16}")
 _KINDS = frozenset(get_args(Kind))
 _BY_NAME = {d.name: d for d in dtypes.DTYPES}
 _TWO63 = 2**63
+_FIRST, _SECOND = itemgetter(0), itemgetter(1)
 
 
 def encode_manifest(m: Manifest, *, compact: bool | None = None) -> str:
@@ -120,19 +132,50 @@ def parse_manifest(text: str, *, where: str) -> Manifest:
     stored_raw, leaves_raw, meta = doc["stored"], doc["leaves"], doc["metadata"]
     if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
         raise FormatError(f"{where}: manifest field 'metadata' must map strings to strings")
+    root = doc["root"]
     if version == COMPACT_VERSION:
-        leaves, stored = parse_columns(leaves_raw, stored_raw, where=where)
-    else:
-        if not isinstance(stored_raw, dict):
-            raise FormatError(f"{where}: manifest field 'stored' must be an object")
-        if not isinstance(leaves_raw, list):
-            raise FormatError(f"{where}: manifest field 'leaves' must be a list")
-        stored = {name: _stored(name, rec, where) for name, rec in stored_raw.items()}
-        leaves = tuple(_leaf(i, rec, stored, where) for i, rec in enumerate(leaves_raw))
-    flat = flat_dict(doc["root"], len(leaves))
+        build, columns = parse_columns(leaves_raw, stored_raw, where=where)
+        n_leaves = len(leaves_raw["data"])  # a list: parse_columns checked it
+        flat = _flat_or_checked(root, n_leaves, where)
+        return Manifest(root, None, None, dict(meta), module, flat, build=build, columns=columns)
+    if not isinstance(stored_raw, dict):
+        raise FormatError(f"{where}: manifest field 'stored' must be an object")
+    if not isinstance(leaves_raw, list):
+        raise FormatError(f"{where}: manifest field 'leaves' must be a list")
+    stored = {name: _stored(name, rec, where) for name, rec in stored_raw.items()}
+    leaves = tuple(_leaf(i, rec, stored, where) for i, rec in enumerate(leaves_raw))
+    flat = _flat_or_checked(root, len(leaves), where)
+    columns = _columns_of(leaves, stored)
+    return Manifest(root, leaves, stored, dict(meta), module, flat, columns=columns)
+
+
+def _columns_of(leaves: tuple[Leaf, ...], stored: dict[str, Stored]) -> Columns | None:
+    """Version 1 records as the columns of version 2 (3.8: they say the same), when every
+    leaf is its whole stored tensor without requires_grad; else None."""
+    if any(x.strides is not None or x.requires_grad for x in leaves):
+        return None
+    if not {x.kind for x in leaves} <= {"tensor", "parameter"}:
+        return None
+    index = {name: i for i, name in enumerate(stored)}
+    records = stored.values()
+    return Columns(
+        list(stored),
+        [s.dtype.name for s in records],
+        [s.shape for s in records],
+        "".join(s.xxh3 for s in records),
+        [index[x.data] for x in leaves],
+        [x.framework for x in leaves],
+        [x.kind for x in leaves],
+    )
+
+
+def _flat_or_checked(root: object, n_leaves: int, where: str) -> tuple[list[str], list[int]] | None:
+    """SPEC 4: a state dict's keys and leaf indices, checked as whole lists; any other
+    structure is walked node by node (``validate_skeleton``)."""
+    flat = flat_dict(root, n_leaves)
     if flat is None:
-        validate_skeleton(doc["root"], len(leaves), where=f"{where}: manifest field 'root'")
-    return Manifest(doc["root"], leaves, stored, dict(meta), module, flat)
+        validate_skeleton(root, n_leaves, where=f"{where}: manifest field 'root'")
+    return flat
 
 
 def flat_dict(root: object, n_leaves: int) -> tuple[list[str], list[int]] | None:
@@ -151,13 +194,13 @@ def flat_dict(root: object, n_leaves: int) -> tuple[list[str], list[int]] | None
         return [], []
     if set(map(type, pairs)) != {list} or set(map(len, pairs)) != {2}:
         return None
-    keys = [p[0] for p in pairs]
-    refs = [p[1] for p in pairs]
+    keys = list(map(_FIRST, pairs))
+    refs = list(map(_SECOND, pairs))
     if set(map(type, keys)) != {str} or len(set(keys)) != len(keys):
         return None
     if set(map(type, refs)) != {dict} or set(map(len, refs)) != {1}:
         return None
-    index = [r.get("$t") for r in refs]
+    index: list[Any] = list(map(dict.get, refs, repeat("$t")))
     if set(map(type, index)) != {int} or not 0 <= min(index) <= max(index) < n_leaves:
         return None
     return keys, index

@@ -94,7 +94,7 @@ class Manifest:
 
     __slots__ = ("_build", "_leaves", "_stored", "columns", "flat", "metadata", "module", "root")
 
-    def __init__(  # noqa: PLR0913, PLR0917 - the fields, in the order every caller passes them
+    def __init__(  # noqa: PLR0917 - the fields, in the order every caller passes them
         self,
         root: Any,
         leaves: tuple[Leaf, ...] | None,
@@ -142,7 +142,8 @@ class Manifest:
             return NotImplemented
         return self._key() == other._key()
 
-    __hash__ = None  # type: ignore[assignment] - mutable contents, like the dataclass it was
+    # Unhashable, like the dataclass it was: its contents are mutable.
+    __hash__ = None  # type: ignore[assignment]
 
     def __repr__(self) -> str:
         return (

@@ -9,13 +9,14 @@ from __future__ import annotations
 import json
 import math
 from itertools import accumulate
+from operator import mul, sub
 from typing import Any
 
 import xxhash
 
 from .. import dtypes
 from ..errors import FormatError, IntegrityError
-from .header import MAX_CONTAINERS, METADATA_KEY, Entry, Header, render_entries
+from .header import MAX_CONTAINERS, METADATA_KEY, Entry, Header, render_columns
 from .manifest import MANIFEST_CHECKSUM_KEY, MANIFEST_KEY, Manifest, parse_manifest
 
 __all__ = ["manifest_of", "written_header", "xxh3_hex"]
@@ -81,24 +82,41 @@ def written_header(raw: bytes, *, header_len: int, where: str) -> tuple[Header, 
     if type(meta) is not dict or not all(type(v) is str for v in meta.values()):
         return None
     m = _manifest(meta, where=where)
-    if m is None or METADATA_KEY in m.stored:
+    if m is None:
         return None
-    stored = m.stored.values()
-    ends = list(accumulate(math.prod(s.shape) * s.dtype.itemsize for s in stored))
-    entries = [
-        Entry(name, s.dtype, s.shape, end - s.nbytes, end)
-        if s.dtype.wire is not None
-        else Entry(name, _U8, (s.nbytes,), end - s.nbytes, end)
-        for name, s, end in zip(m.stored, stored, ends, strict=True)
-    ]
-    pos = ends[-1] if ends else 0
+    if m.columns is not None:
+        names, dnames, shapes = m.columns.names, m.columns.dtypes, m.columns.shapes
+    else:
+        names = list(m.stored)
+        dnames = [s.dtype.name for s in m.stored.values()]
+        shapes = [s.shape for s in m.stored.values()]
+    if METADATA_KEY in names:
+        return None
+    # Whole-column operations (each map runs in C): offsets are the running sum of the sizes.
+    sizes = list(map(mul, map(math.prod, shapes), map(_ITEMSIZE.__getitem__, dnames)))
+    ends = list(accumulate(sizes))
+    starts = list(map(sub, ends, sizes))
+    wires = list(map(_WIRE.__getitem__, dnames))
+    if "" in wires:  # SPEC 2.4: a dtype safetensors cannot name is stored as U8 bytes
+        shapes = [sh if w else (n,) for w, sh, n in zip(wires, shapes, sizes, strict=True)]
+        wires = [w or "U8" for w in wires]
     # The metadata object was parsed above (its spelling does not matter, its value does);
     # everything after it must be exactly the entries the manifest renders to.
-    rendered = render_entries(entries)
+    rendered = render_columns(names, wires, shapes, starts, ends)
     if text.rstrip(" ")[end:] != ("," + rendered + "}" if rendered else "}"):
         return None
-    data_start = 8 + header_len
-    return Header(tuple(entries), meta, data_start, pos, {e.name: e for e in entries}), m
+
+    def entries() -> tuple[Entry, ...]:
+        types = map(_BY_WIRE.__getitem__, wires)
+        return tuple(map(Entry, names, types, shapes, starts, ends))
+
+    pos = ends[-1] if ends else 0
+    return Header(None, meta, 8 + header_len, pos, build=entries, ends=ends), m
+
+
+_ITEMSIZE = {d.name: d.itemsize for d in dtypes.DTYPES}
+_WIRE = {d.name: d.wire or "" for d in dtypes.DTYPES}
+_BY_WIRE = {d.wire: d for d in dtypes.DTYPES if d.wire is not None}
 
 
 def _no_repeats(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -110,7 +128,6 @@ def _no_repeats(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 
 _PREFIX = b'{"__metadata__":{'
 _DECODER = json.JSONDecoder(object_pairs_hook=_no_repeats)
-_U8 = dtypes.get("uint8")
 
 
 def _manifest(metadata: dict[str, str], *, where: str) -> Manifest | None:

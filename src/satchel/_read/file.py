@@ -67,19 +67,27 @@ class ArrayFile:
             dtype=dtype,
             device=device,
             where=path,
-            sole=tree.sole,
+            sole=lambda: tree.sole,
         )
+        self._framework = framework
+        self._bulk: dict[str, Any] | None = None  # what a whole-columns load() returned
         self._closed = False
-        if tree.storages is None:
+        if not tree.deferred and tree.storages is None:
             self._index  # noqa: B018 - foreign structures are walked (and refused) at open
 
     @property
     def _index(self) -> dict[str, Leafish]:
         """Name -> array, in structure order (a walk of the whole structure, done once)."""
         if self._names is None:
-            found = _arrays(self._tree.root, self._where)
+            root = self._tree.root
+            found = _arrays(root, self._where)
             names = unique_names(p for p, _ in found)
             self._names = {n: a for n, (_, a) in zip(names, found, strict=True)}
+            if self._bulk is not None:
+                # load() made these arrays without refs: the same objects come back by name.
+                for key, made in self._bulk.items():
+                    self._m.seed(root[key], made)
+                self._bulk = None
         return self._names
 
     @property
@@ -159,6 +167,15 @@ class ArrayFile:
     def load(self, *, progress: ProgressArg = None) -> Any:
         """The whole structure; every storage is verified first (when the file has checks)."""
         self._open()
+        bulk = self._tree.bulk
+        if bulk is not None and progress is None and self._m.plain and self._names is None:
+            if self._bulk is None:
+                out = bulk(self._framework)
+                if out is not None:
+                    self._bulk = out
+                    return out
+            else:
+                self._index  # noqa: B018 - the arrays a first load() made, by ref, to return again
         storages = self.storages()
         total = sum(s.nbytes for s in storages)
         report = reporter(progress, total, f"loading {Path(self._where).name}")

@@ -9,7 +9,7 @@ paths lead to it.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any, Literal
 
 import numpy as np
@@ -64,7 +64,7 @@ class Materializer:
         dtype: Any,
         device: Any,
         where: str,
-        sole: frozenset[int] | None = None,
+        sole: frozenset[int] | Callable[[], frozenset[int] | None] | None = None,
     ) -> None:
         self._refs = refs
         self._framework = framework
@@ -72,8 +72,10 @@ class Materializer:
         self._device = device
         self._plain_torch = self._cast is None and device is None and framework in ("auto", "torch")
         self._where = where
-        # Ids of storages one whole ref views (torch only); a reader that knows them says so.
-        self._sole: frozenset[int] | set[int] | None = sole
+        # Ids of storages one whole ref views (torch only); a reader that knows them says so
+        # (when asked: building them may build the file's refs).
+        self._sole: frozenset[int] | set[int] | None = None if callable(sole) else sole
+        self._sole_of = sole if callable(sole) else None
         self._torch: Any = None
         self._bases: dict[tuple[int, str], Any] = {}
         self._made: dict[int, Any] = {}
@@ -102,6 +104,15 @@ class Materializer:
             out = self._plain(x) if isinstance(x, np.ndarray) else self._from_ref(x)
         self._made[key] = out
         return out
+
+    @property
+    def plain(self) -> bool:
+        """Whether arrays come back as stored: no cast, no device placement."""
+        return self._cast is None and self._device is None
+
+    def seed(self, x: ArrayRef | np.ndarray[Any, Any], made: Any) -> None:
+        """Record ``made`` as the array of ``x`` (built without it, by a whole-file load)."""
+        self._made[id(x)] = made
 
     def forget(self, x: ArrayRef | np.ndarray[Any, Any]) -> None:
         """Drop what was made for ``x`` (and the base over its storage)."""
@@ -195,6 +206,9 @@ class Materializer:
         return self._torch
 
     def _sole_storages(self) -> frozenset[int] | set[int]:
+        if self._sole is None and self._sole_of is not None:
+            self._sole = self._sole_of()
+            self._sole_of = None
         if self._sole is None:
             users: dict[int, int] = {}
             seen: set[int] = set()

@@ -18,7 +18,8 @@ from .._io.reader import Opened, open_file
 from .._tree import unflatten
 from ..adapters import c_strides
 from ..errors import IntegrityError
-from .refs import ArrayRef, Storage, Tree, U8Array
+from .bulk import bulk_loader
+from .refs import ArrayRef, Built, Storage, Tree, U8Array
 
 __all__ = ["leaf_refs", "native_tree", "read_native", "stored_storages"]
 
@@ -36,32 +37,45 @@ def read_native(path: str | os.PathLike[str], *, mmap: bool, verify: bool) -> Tr
 
 def native_tree(opened: Opened, *, verify: bool) -> Tree:
     """:func:`read_native` of a file already opened (a shard's header read by its index)."""
-    where, header, manifest = str(opened.path), opened.header, opened.manifest
-    storages = stored_storages(opened, verify=verify)
+    manifest = opened.manifest
     if manifest is None:
-        # A plain safetensors file: a flat dict of NumPy arrays, in data order.
-        root = {
-            e.name: ArrayRef(
-                storages[e.name], e.dtype, e.shape, c_strides(e.shape), 0, framework="numpy"
-            )
-            for e in header.entries
-        }
-        return Tree(root, "safetensors", dict(header.metadata))
+        return _plain_tree(opened, verify=verify)
+    # The refs are built on first use: ``load`` of a state dict needs none (``bulk``).
+    return Tree(
+        None,
+        "satchel",
+        dict(manifest.metadata),
+        manifest.module,
+        checksummed=True,
+        build=partial(_satchel_tree, opened, verify),
+        bulk=bulk_loader(opened, verify=verify, check=_check),
+    )
+
+
+def _plain_tree(opened: Opened, *, verify: bool) -> Tree:
+    # A plain safetensors file: a flat dict of NumPy arrays, in data order.
+    storages = stored_storages(opened, verify=verify)
+    root = {
+        e.name: ArrayRef(
+            storages[e.name], e.dtype, e.shape, c_strides(e.shape), 0, framework="numpy"
+        )
+        for e in opened.header.entries
+    }
+    return Tree(root, "safetensors", dict(opened.header.metadata))
+
+
+def _satchel_tree(opened: Opened, verify: bool) -> Built:
+    where, manifest = str(opened.path), opened.manifest
+    assert manifest is not None
+    storages = stored_storages(opened, verify=verify)
     refs = leaf_refs(manifest.leaves, storages)
     flat = manifest.flat
     if flat is None:
         root = unflatten(manifest.root, refs.__getitem__, where=where)
     else:  # a state dict: built in one pass (validated by flat_dict)
         root = dict(zip(flat[0], map(refs.__getitem__, flat[1]), strict=True))
-    return Tree(
-        root,
-        "satchel",
-        dict(manifest.metadata),
-        manifest.module,
-        checksummed=True,
-        storages=_in_use_order(manifest.leaves, storages, flat),
-        sole=_sole(manifest.leaves, storages),
-    )
+    used = _in_use_order(manifest.leaves, storages, flat)
+    return root, used, _sole(manifest.leaves, storages)
 
 
 def _in_use_order(

@@ -216,7 +216,9 @@ def ref_of_ndarray(
     return ArrayRef(Storage(data, "ndarray"), dt, shape, c_strides(shape), 0, kind, requires_grad)
 
 
-@dataclass(frozen=True)
+Built = tuple[Any, "tuple[Storage, ...] | None", "frozenset[int] | None"]
+
+
 class Tree:
     """What every reader produces: the saved structure with :class:`ArrayRef` leaves.
 
@@ -225,14 +227,73 @@ class Tree:
     reader; ``metadata`` is the file's string metadata; ``module`` the class path of a saved
     ``nn.Module`` (information only); ``checksummed`` says whether the bytes carry checksums
     that reading verifies.
+
+    A reader may give ``build`` instead of the root: it returns ``(root, storages, sole)`` and
+    runs on first use of any of them. ``bulk``, when given, loads the whole structure at once
+    without building a ref per array (``ArrayFile.load`` of a state dict); it takes the
+    framework asked for and returns ``None`` where it does not apply.
     """
 
-    root: Any
-    format: str
-    metadata: dict[str, str]
-    module: str | None = None
-    checksummed: bool = False
-    # What a reader may know in bulk, so opening need not walk the structure: every storage
-    # the arrays view, and the ids of those viewed by exactly one ref that is the whole storage.
-    storages: tuple[Storage, ...] | None = None
-    sole: frozenset[int] | None = None
+    __slots__ = (
+        "_build",
+        "_root",
+        "_sole",
+        "_storages",
+        "bulk",
+        "checksummed",
+        "format",
+        "metadata",
+        "module",
+    )
+
+    def __init__(  # noqa: PLR0917 - the fields, in the order every reader passes them
+        self,
+        root: Any,
+        format: str,
+        metadata: dict[str, str],
+        module: str | None = None,
+        checksummed: bool = False,
+        storages: tuple[Storage, ...] | None = None,
+        sole: frozenset[int] | None = None,
+        *,
+        build: Callable[[], Built] | None = None,
+        bulk: Callable[[str], Any] | None = None,
+    ) -> None:
+        self._root = root
+        self.format = format
+        self.metadata = metadata
+        self.module = module
+        self.checksummed = checksummed
+        # What a reader may know in bulk, so opening need not walk the structure: every
+        # storage the arrays view, and the ids of those viewed by exactly one ref that is the
+        # whole storage.
+        self._storages = storages
+        self._sole = sole
+        self._build = build
+        self.bulk = bulk
+
+    @property
+    def deferred(self) -> bool:
+        """Whether the structure is still to be built (a reader that defers it knows its
+        storages: nothing has to be walked at open)."""
+        return self._build is not None
+
+    def _built(self) -> None:
+        if self._build is not None:
+            self._root, self._storages, self._sole = self._build()
+            self._build = None
+
+    @property
+    def root(self) -> Any:
+        self._built()
+        return self._root
+
+    @property
+    def storages(self) -> tuple[Storage, ...] | None:
+        self._built()
+        return self._storages
+
+    @property
+    def sole(self) -> frozenset[int] | None:
+        self._built()
+        return self._sole

@@ -6,6 +6,9 @@ Imported only when a torch object is saved or a torch leaf is loaded.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
+from itertools import repeat
+from operator import attrgetter, methodcaller, mul, sub
 from typing import Any
 
 import numpy as np
@@ -18,6 +21,7 @@ from ._view import ArrayView, Kind, Memory
 
 __all__ = [
     "describe",
+    "describe_plain",
     "finish",
     "from_numpy",
     "materialize",
@@ -90,6 +94,57 @@ def describe(x: Any, *, where: str) -> ArrayView:
         return flat.view(dt.numpy).reshape(shape)
 
     return ArrayView("torch", kind, dt, shape, requires_grad, memory, values)
+
+
+def describe_plain(
+    values: Sequence[Any],
+) -> tuple[list[dtypes.DType], list[tuple[int, ...]], list[np.ndarray[Any, Any]]] | None:
+    """For plain tensors (exact ``torch.Tensor``: dense CPU, C-contiguous, no grad, no
+    conj/neg bit, not empty, a dtype NumPy holds, each in its own allocation): their dtypes,
+    shapes and bytes as flat uint8 arrays (no copy), checked over the whole list at once.
+
+    ``None`` when any tensor is not plain: ``describe`` then takes each in turn (what it
+    would make of these is exactly this).
+    """
+    if set(map(type, values)) != {torch.Tensor}:
+        return None
+    types = list(map(_TYPE, values))
+    if not _NUMPY_NATIVE.issuperset(types):
+        return None
+    if (
+        set(map(_LAYOUT, values)) != {torch.strided}
+        or any(map(_GRAD, values))
+        or any(map(_QUANTIZED, values))
+        or not all(map(_CPU, values))
+        or any(map(torch.Tensor.is_conj, values))
+        or any(map(torch.Tensor.is_neg, values))
+        or not all(map(torch.Tensor.is_contiguous, values))
+        or not all(map(torch.Tensor.numel, values))
+    ):
+        return None
+    dts = list(map(_DTYPES.__getitem__, types))
+    # A non-empty allocation starts where no other live one does: distinct starts mean no
+    # two tensors share one (the planner would store them once, as views).
+    offsets = map(mul, map(torch.Tensor.storage_offset, values), map(attrgetter("itemsize"), dts))
+    starts = set(map(sub, map(torch.Tensor.data_ptr, values), offsets))
+    if len(starts) != len(values):
+        return None
+    shapes = list(map(tuple, map(_SHAPE, values)))
+    arrays = map(torch.Tensor.numpy, values)
+    if set(map(len, shapes)) != {1}:  # one-dimensional arrays are flat already
+        arrays = map(_FLATTEN, arrays)
+    flat = list(map(_U8_VIEW, arrays, repeat(np.uint8)))
+    return dts, shapes, flat
+
+
+_TYPE, _LAYOUT, _SHAPE = attrgetter("dtype"), attrgetter("layout"), attrgetter("shape")
+_GRAD, _QUANTIZED, _CPU = (
+    attrgetter("requires_grad"),
+    attrgetter("is_quantized"),
+    attrgetter("is_cpu"),
+)
+_FLATTEN = methodcaller("reshape", -1)
+_U8_VIEW = np.ndarray.view
 
 
 def materialize(
