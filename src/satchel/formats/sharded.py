@@ -25,6 +25,7 @@ from .._io.reader import open_file
 from .._read.native import leaf_refs, native_tree, stored_storages
 from .._read.refs import ArrayRef, Deferred, Storage, Tree
 from .._shards.index import MAX_INDEX, Index, parse_index
+from .._shards.names import SAFE_SUFFIX, is_shard_name
 from .._shards.pool import resolve
 from .._tree import unflatten
 from ..errors import FormatError, IntegrityError
@@ -97,12 +98,14 @@ def read(path: Path, *, verify: bool = True) -> Tree:
         if single.suffix == ".bin":
             return Tree(torch_reader.read(single, verify=verify), "sharded", {"format": "sharded"})
         return native_tree(open_file(single), verify=verify)
+    asked = _likely_shards(index_path)
+    _prefetch_headers([index_path, *asked])  # the index and its shards' headers, all at once
     index = parse_index(_read_regular(index_path, MAX_INDEX + 1, where), where=where, pool=True)
     folder = index_path.parent
     if index.pool:
         return _pooled(index, folder, where=where, verify=verify)
     shards = {name: _shard_path(folder, name, where) for name in index.files}
-    _prefetch_headers(shards.values())
+    _prefetch_headers(p for p in shards.values() if p not in asked)
     if all(n.endswith(".safetensors") for n in shards):
         return _safetensors(index, shards, where=where, verify=verify)
     if all(n.endswith(".bin") for n in shards):
@@ -118,6 +121,23 @@ def read(path: Path, *, verify: bool = True) -> Tree:
 # Bytes of each shard's start asked for ahead of reading it: the kernel's usual readahead, which
 # holds the header of a shard with a few thousand tensors; a longer header is read as usual.
 _HEADER_PREFETCH = 128 * 1024
+
+
+_SHARDS_INDEX = SAFE_SUFFIX + ".index.json"  # <prefix>.safetensors.index.json
+
+
+def _likely_shards(index_path: Path) -> set[Path]:
+    """The files beside ``index_path`` named as its writer names shards (``<prefix>-00001-of-
+    00004.safetensors``): what the index will almost surely name, known before it is read."""
+    name = index_path.name
+    if not name.endswith(_SHARDS_INDEX):
+        return set()
+    prefix = name.removesuffix(_SHARDS_INDEX)
+    try:
+        with os.scandir(index_path.parent) as entries:
+            return {Path(e.path) for e in entries if is_shard_name(e.name, prefix)}
+    except OSError:
+        return set()  # only a hint: the real reads report what is wrong
 
 
 def _prefetch_headers(paths: Iterable[Path]) -> None:
