@@ -31,13 +31,12 @@ from .._remote.url import is_url
 from .._shards.names import parse_size
 from ..errors import CheckpointExistsError, SatchelError, UsageError
 from . import open_writers
-from . import targets as _targets
 from .collect import collect
 from .incremental import Pool, newest_committed
 from .items import plan_item, write_item
-from .layout import EXTRA_ITEM, is_temp, step_name, temp_path, trash_path
+from .layout import is_temp, step_name, temp_path, trash_path
 from .lock import WriterLock
-from .options import How, decide, flag, metrics_of, own_kept, policies_of
+from .options import How, decide, flag, own_kept, policies_of, save_request
 from .record import CommitRecord, FileRecord, ItemRecord, write_commit
 from .remote import RemoteManager
 from .snapshot import snapshot
@@ -182,20 +181,19 @@ class CheckpointManager:
         """
         self._check_open()
         self.wait()
-        if isinstance(step, bool) or not isinstance(step, int) or step < 0:
-            raise UsageError(f"step must be a non-negative int, got {step!r}")
-        if not items:
-            raise UsageError("save() needs at least one item, e.g. model=model")
-        limit = self.max_shard_size if max_shard_size is None else parse_size(max_shard_size)
-        inc = self.incremental if incremental is None else flag(incremental, "incremental")
-        how = How(limit, inc)
-        prepared = {name: _targets.prepare(name, value) for name, value in items.items()}
-        if extra is not None:
-            prepared[EXTRA_ITEM] = extra
-        clean_metrics = metrics_of(metrics)
+        req = save_request(
+            step,
+            items,
+            extra=extra,
+            metrics=metrics,
+            max_shard_size=max_shard_size,
+            incremental=incremental,
+            defaults=How(self.max_shard_size, self.incremental),
+        )
+        prepared, clean_metrics, how = req.items, req.metrics, req.how
         if self._group is not None:
             self._save_collective(
-                step, prepared, clean_metrics, overwrite, blocking, incremental=inc
+                step, prepared, clean_metrics, overwrite, blocking, incremental=how.incremental
             )
             return
         if not overwrite:

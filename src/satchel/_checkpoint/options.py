@@ -8,13 +8,26 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from .. import retention
+from .._shards.names import parse_size
 from ..errors import UsageError
+from . import targets
+from .layout import EXTRA_ITEM
 from .view import CheckpointInfo
 
-__all__ = ["How", "decide", "flag", "metrics_of", "own_kept", "policies_of", "positive"]
+__all__ = [
+    "How",
+    "SaveRequest",
+    "decide",
+    "flag",
+    "metrics_of",
+    "own_kept",
+    "policies_of",
+    "positive",
+    "save_request",
+]
 
 
 def policies_of(
@@ -95,3 +108,41 @@ def metrics_of(metrics: Mapping[str, float] | None) -> dict[str, float]:
         except (TypeError, ValueError) as e:
             raise UsageError(f"metric {k!r} must be a number, got {v!r}") from e
     return out
+
+
+@dataclass(frozen=True)
+class SaveRequest:
+    """One ``save`` call's arguments, checked: the items as they will be written (the extras
+    under their item name), the metrics, and how to write them."""
+
+    items: dict[str, Any]
+    metrics: dict[str, float]
+    how: How
+
+
+def save_request(
+    step: object,
+    items: Mapping[str, Any],
+    *,
+    extra: Any,
+    metrics: Mapping[str, float] | None,
+    max_shard_size: int | str | None,
+    incremental: bool | None,
+    defaults: How,
+) -> SaveRequest:
+    """Check a ``save`` call of either manager; ``None`` options take the manager's
+    ``defaults``.
+
+    Raises:
+        UsageError: a bad step, no items, a bad ``max_shard_size``, ``incremental`` or metric.
+    """
+    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+        raise UsageError(f"step must be a non-negative int, got {step!r}")
+    if not items:
+        raise UsageError("save() needs at least one item, e.g. model=model")
+    limit = defaults.limit if max_shard_size is None else parse_size(max_shard_size)
+    inc = defaults.incremental if incremental is None else flag(incremental, "incremental")
+    prepared = {name: targets.prepare(name, value) for name, value in items.items()}
+    if extra is not None:
+        prepared[EXTRA_ITEM] = extra
+    return SaveRequest(prepared, metrics_of(metrics), How(limit, inc))

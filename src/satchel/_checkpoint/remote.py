@@ -37,9 +37,8 @@ from ..errors import (
     SatchelError,
     UsageError,
 )
-from . import targets as _targets
-from .layout import COMMIT_FILE, EXTRA_ITEM, SHARD_INDEX, item_file, step_name
-from .options import decide, metrics_of, own_kept, policies_of
+from .layout import COMMIT_FILE, SHARD_INDEX, item_file, step_name
+from .options import How, decide, own_kept, policies_of, save_request
 from .record import CommitRecord, FileRecord, ItemRecord
 from .remote_pool import NO_RECORD, RemotePool, collect_remote, encode_commit
 from .remote_view import RemoteView
@@ -111,29 +110,26 @@ class RemoteManager(RemoteView):
         if self._closed:
             raise UsageError(f"{self.root}: this CheckpointManager is closed")
         self.wait()
-        if isinstance(step, bool) or not isinstance(step, int) or step < 0:
-            raise UsageError(f"step must be a non-negative int, got {step!r}")
-        if not items:
-            raise UsageError("save() needs at least one item, e.g. model=model")
-        limit = self.max_shard_size if max_shard_size is None else parse_size(max_shard_size)
-        if incremental is None:
-            incremental = self.incremental
-        elif not isinstance(incremental, bool):
-            raise UsageError(f"incremental must be True or False, got {incremental!r}")
-        prepared = {name: _targets.prepare(name, value) for name, value in items.items()}
-        if extra is not None:
-            prepared[EXTRA_ITEM] = extra
-        clean = metrics_of(metrics)
+        req = save_request(
+            step,
+            items,
+            extra=extra,
+            metrics=metrics,
+            max_shard_size=max_shard_size,
+            incremental=incremental,
+            defaults=How(self.max_shard_size, self.incremental),
+        )
+        prepared, clean = req.items, req.metrics
+        how = (req.how.limit, req.how.incremental)
         if self._group is not None:
             from .remote_collective import save  # noqa: PLC0415 - torch, with a group only
 
-            self._thread = save(self, step, prepared, clean, overwrite, blocking, incremental)
+            self._thread = save(self, step, prepared, clean, overwrite, blocking, how[1])
             return
         if not overwrite and self._committed(step):
             raise CheckpointExistsError(
                 f"{self.root}: step {step} exists; pass overwrite=True to replace it"
             )
-        how = (limit, incremental)
         if blocking:
             self._write(step, prepared, clean, overwrite, how)
             return
