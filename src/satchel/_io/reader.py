@@ -14,6 +14,7 @@ import numpy as np
 from .._format.header import Header, parse_header, parse_length
 from .._format.manifest import Manifest
 from .._format.validate import manifest_of, written_header
+from .._read.refs import Ranged
 from ..errors import FormatError, SatchelFileNotFoundError
 
 __all__ = ["Opened", "open_file", "read_header"]
@@ -25,12 +26,14 @@ class Opened:
 
     ``data`` is a flat uint8 array over the data section: a private copy-on-write mapping with
     ``mmap=True`` (writes to loaded arrays never reach the file), or bytes read into memory.
+    For an object in object storage (``_remote``), ``path`` is its URL and ``data`` may be a
+    sliceable whose slices are ranged reads.
     """
 
-    path: Path
+    path: Path | str
     header: Header
     manifest: Manifest | None
-    data: np.ndarray[Any, np.dtype[np.uint8]]
+    data: np.ndarray[Any, np.dtype[np.uint8]] | Ranged
 
 
 def read_header(

@@ -39,6 +39,8 @@ def bulk_loader(opened: Opened, *, verify: bool, check: Check) -> Callable[[str]
     m, ends = opened.manifest, opened.header.ends
     if m is None or m.columns is None or m.flat is None or ends is None:
         return None
+    if not isinstance(opened.data, np.ndarray):  # ranged reads (object storage): per tensor
+        return None
     cols = m.columns
     keys, index = m.flat
     n = len(cols.names)
@@ -63,6 +65,8 @@ def _load(  # noqa: PLR0917 - private: the file's columns, resolved by bulk_load
     verify: bool,
     check: Check,
 ) -> Any:
+    data = opened.data
+    assert isinstance(data, np.ndarray)  # bulk_loader takes mapped or read files only
     fws = set(cols.framework)
     want = fws.pop() if framework == "auto" and len(fws) == 1 else framework
     if want == "torch":
@@ -73,7 +77,7 @@ def _load(  # noqa: PLR0917 - private: the file's columns, resolved by bulk_load
         # The adapter copies read-only arrays (torch has no read-only tensors); arrays over a
         # writable buffer are all writable, so it is asked once, not per tensor.
         make: Callable[[Any], Any] | None = torch_adapter.from_numpy
-        if opened.data.flags.writeable:
+        if data.flags.writeable:
             import torch  # noqa: PLC0415 - imported by the adapter just above
 
             make = torch.from_numpy
@@ -81,7 +85,6 @@ def _load(  # noqa: PLR0917 - private: the file's columns, resolved by bulk_load
         make = None
     else:  # TensorFlow, or frameworks mixed in one file: the general path
         return None
-    data = opened.data
     starts = [0, *ends[:-1]]
     if verify:
         _verify(opened, cols, index, starts, ends, check)

@@ -11,23 +11,19 @@ A sharded folder reads its index, then each shard's header (concurrently), never
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
 import numpy as np
 
 from .._dist.layout import LAYOUT_FILE, MAX_LAYOUT, parse_layout, pool_file_of
-from .._format.header import Header, parse_header, parse_length
-from .._format.manifest import Manifest
-from .._format.validate import manifest_of
+from .._format.header import parse_length
+from .._io.reader import Opened, read_header
 from .._read.file import ArrayFile
-from .._read.native import _check, leaf_refs
-from .._read.refs import ArrayRef, Ranged, Storage, Tree
+from .._read.native import native_tree, stored_storages
+from .._read.refs import Ranged, Storage, Tree
 from .._shards.index import MAX_INDEX, parse_index
 from .._shards.pool import POOL_DIR
-from .._tree import unflatten
-from ..adapters import c_strides
 from ..errors import FormatError, SatchelFileNotFoundError
 from ..formats.distributed import assemble
 from ..formats.sharded import _pooled, assemble_shards
@@ -41,16 +37,6 @@ _LAYOUT_MARK = b'{"format":"satchel-distributed"'
 
 FIRST_RANGE = 1 << 20  # one request holds the header of every file but a 50,000-tensor one
 _SAFE_INDEX = ".safetensors.index.json"
-
-
-@dataclass(frozen=True)
-class _Object:
-    """A validated object: its header, manifest and where its data section is."""
-
-    url: str
-    header: Header
-    manifest: Manifest | None
-    data: np.ndarray[Any, np.dtype[np.uint8]] | Ranged
 
 
 def read_url(
@@ -81,8 +67,9 @@ def read_url(
     if head.startswith(_LAYOUT_MARK):  # a distributed item's layout itself (SPEC 10.2)
         folder = url.rstrip("/").rpartition("/")[0]
         return _distributed(store, folder, verify=verify)
-    obj = _open(store, url, size, head, whole=whole, concurrency=concurrency)
-    return _tree(obj, verify=verify)
+    return native_tree(
+        _open(store, url, size, head, whole=whole, concurrency=concurrency), verify=verify
+    )
 
 
 def open_object(store: Store, url: str, *, whole: bool = False, concurrency: int = 16) -> Any:
@@ -102,7 +89,7 @@ def open_object(store: Store, url: str, *, whole: bool = False, concurrency: int
 
 def _open(
     store: Store, url: str, size: int, head: bytes, *, whole: bool, concurrency: int
-) -> _Object:
+) -> Opened:
     try:
         n = parse_length(head[:8], size, where=url)
     except FormatError as e:
@@ -115,42 +102,11 @@ def _open(
     raw = head[8 : 8 + n]
     if len(raw) < n:  # a header longer than the first range: one more request
         raw += store.read(url, len(head), 8 + n)
-    header = parse_header(raw, header_len=n, file_size=size, where=url)
-    manifest = manifest_of(header, where=url)
+    header, manifest = read_header(raw, header_len=n, file_size=size, where=url)
     data: np.ndarray[Any, np.dtype[np.uint8]] | Ranged
     ranged = RangedBytes(store, url, header.data_start, header.data_len, concurrency=concurrency)
     data = ranged.fetch_all() if whole else ranged
-    return _Object(url, header, manifest, data)
-
-
-def _storages(obj: _Object, *, verify: bool) -> dict[str, Storage]:
-    """As the native reader's: one lazily sliced storage per stored tensor, checked on first
-    touch (SPEC 3.7)."""
-    checked = verify and obj.manifest is not None
-    out = {}
-    for e in obj.header.entries:
-        check = None
-        if checked:
-            check = partial(_check, obj.url, e.name, obj.manifest.stored[e.name].xxh3)  # type: ignore[union-attr]
-        region = (obj.data, e.start, e.end)
-        out[e.name] = Storage(None, e.name, region=region, check=check, origin=obj.url)
-    return out
-
-
-def _tree(obj: _Object, *, verify: bool) -> Tree:
-    storages = _storages(obj, verify=verify)
-    if obj.manifest is None:
-        root = {
-            e.name: ArrayRef(
-                storages[e.name], e.dtype, e.shape, c_strides(e.shape), 0, framework="numpy"
-            )
-            for e in obj.header.entries
-        }
-        return Tree(root, "safetensors", dict(obj.header.metadata))
-    m = obj.manifest
-    refs = leaf_refs(m.leaves, storages)
-    root = unflatten(m.root, refs.__getitem__, where=obj.url)
-    return Tree(root, "satchel", dict(m.metadata), m.module, checksummed=True)
+    return Opened(url, header, manifest, data)
 
 
 def _folder(store: Store, url: str, *, verify: bool, whole: bool, concurrency: int) -> Tree:
@@ -185,7 +141,9 @@ def _read_object(store: Store, url: str, verify: bool, whole: bool, concurrency:
     if size is None:
         raise SatchelFileNotFoundError(f"{url}: no such object")
     head = store.read(url, 0, min(size, FIRST_RANGE))
-    return _tree(_open(store, url, size, head, whole=whole, concurrency=concurrency), verify=verify)
+    return native_tree(
+        _open(store, url, size, head, whole=whole, concurrency=concurrency), verify=verify
+    )
 
 
 def _sharded(
@@ -205,7 +163,7 @@ def _sharded(
             field="weight_map",
         )
 
-    def header_of(name: str) -> _Object:
+    def header_of(name: str) -> Opened:
         url = join(folder, name)
         size = store.size(url)
         if size is None:
@@ -223,8 +181,8 @@ def _sharded(
         index,
         objects,
         where=index_url,
-        storages_of=partial(_storages, verify=verify),
-        tree_of=partial(_tree, verify=verify),
+        storages_of=partial(stored_storages, verify=verify),
+        tree_of=partial(native_tree, verify=verify),
         verify=verify,
     )
 
@@ -259,7 +217,7 @@ def _pooled_item(
                 path=index_url,
                 field=file,
             ) from e
-        return obj.header, obj.manifest, _storages(obj, verify=verify)
+        return obj.header, obj.manifest, stored_storages(obj, verify=verify)
 
     return _pooled(index, None, where=index_url, verify=verify, open_pool=open_pool)
 
