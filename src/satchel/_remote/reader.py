@@ -21,7 +21,7 @@ from .._format.header import parse_length
 from .._io.reader import Opened, read_header
 from .._read.file import ArrayFile
 from .._read.native import native_tree, stored_storages
-from .._read.refs import Ranged, Storage, Tree
+from .._read.refs import Ranged, Tree
 from .._shards.index import MAX_INDEX, parse_index
 from .._shards.pool import POOL_DIR
 from ..errors import FormatError, SatchelFileNotFoundError
@@ -72,7 +72,7 @@ def read_url(
     )
 
 
-def open_object(store: Store, url: str, *, whole: bool = False, concurrency: int = 16) -> Any:
+def open_object(store: Store, url: str, *, whole: bool = False, concurrency: int = 16) -> Opened:
     """The object at ``url`` validated: ``header``, ``manifest`` and ``data`` (a sliceable
     whose slices are ranged reads, unless ``whole``).
 
@@ -207,7 +207,7 @@ def _pooled_item(
     """SPEC 8.17 over a store: the same checks as on disk, each pool file's header fetched
     (its data on first touch)."""
 
-    def open_pool(file: str) -> tuple[Any, Any, dict[str, Storage]]:
+    def open_pool(file: str) -> Opened:
         url = pool_url(folder, file)
         try:
             obj = open_object(store, url, whole=whole, concurrency=concurrency)
@@ -217,9 +217,9 @@ def _pooled_item(
                 path=index_url,
                 field=file,
             ) from e
-        return obj.header, obj.manifest, stored_storages(obj, verify=verify)
+        return obj
 
-    return _pooled(index, None, where=index_url, verify=verify, open_pool=open_pool)
+    return _pooled(index, open_pool, where=index_url, verify=verify)
 
 
 def _distributed(store: Store, folder: str, *, verify: bool) -> Tree:

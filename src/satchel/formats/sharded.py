@@ -21,7 +21,7 @@ from typing import Any, Protocol, TypeVar
 
 from .._format.header import Header
 from .._format.manifest import Manifest
-from .._io.reader import open_file
+from .._io.reader import Opened, open_file
 from .._read.native import leaf_refs, native_tree, stored_storages
 from .._read.refs import ArrayRef, Deferred, Storage, Tree
 from .._shards.index import MAX_INDEX, Index, parse_index
@@ -103,7 +103,8 @@ def read(path: Path, *, verify: bool = True) -> Tree:
     index = parse_index(_read_regular(index_path, MAX_INDEX + 1, where), where=where, pool=True)
     folder = index_path.parent
     if index.pool:
-        return _pooled(index, folder, where=where, verify=verify)
+        pool = partial(_open_pool, folder, where)
+        return _pooled(index, pool, where=where, verify=verify)
     shards = {name: _shard_path(folder, name, where) for name in index.files}
     _prefetch_headers(p for p in shards.values() if p not in asked)
     if all(n.endswith(".safetensors") for n in shards):
@@ -233,14 +234,7 @@ def assemble_shards(
     return Tree(flat, "sharded", {"format": "sharded"}, checksummed=checksummed)
 
 
-def _pooled(
-    index: Index,
-    folder: Path | None,
-    *,
-    where: str,
-    verify: bool,
-    open_pool: Callable[[str], tuple[Any, Any, dict[str, Storage]]] | None = None,
-) -> Tree:
+def _pooled(index: Index, open_pool: Callable[[str], Opened], *, where: str, verify: bool) -> Tree:
     """An incremental checkpoint's item (SPEC 8.17): every stored tensor is an entry of a pool
     file in ``<root>/blobs``, ``root`` the checkpoint root the item's step folder is in.
 
@@ -249,8 +243,8 @@ def _pooled(
     means), must have that tensor's byte length and checksum and start aligned for every leaf
     viewing it. Bytes are verified on first touch (SPEC 3.7), as for any shard.
 
-    ``open_pool`` opens a pool file by name as ``(header, manifest, storages)`` where the pool
-    is not a local folder (object storage, ``_remote.reader``); the checks are the same.
+    ``open_pool`` opens a pool file by its name, from the root's folder here or from object
+    storage (``_remote.reader``); the checks are the same.
     """
     m = index.manifest
     assert m is not None  # parse_index requires it beside pool references
@@ -264,17 +258,12 @@ def _pooled(
     for name, want in m.stored.items():
         file, key = index.pool[name]
         if file not in opened:
-            if open_pool is None:
-                assert folder is not None
-                f = open_file(resolve(folder, file, where))
-                header, manifest = f.header, f.manifest
-                opened[file] = stored_storages(f, verify=verify)
-            else:
-                header, manifest, opened[file] = open_pool(file)
-            sums = manifest.stored if manifest is not None else {}
+            f = open_pool(file)
+            opened[file] = stored_storages(f, verify=verify)
+            sums = f.manifest.stored if f.manifest is not None else {}
             entries[file] = {
                 e.name: (e.start, e.end, sums[e.name].xxh3 if e.name in sums else None)
-                for e in header.entries
+                for e in f.header.entries
             }
         got = entries[file].get(key)
         if got is None:
@@ -313,6 +302,10 @@ def _pooled(
     leaves = leaf_refs(m.leaves, storages)
     tree_root = unflatten(m.root, leaves.__getitem__, where=f"{where}: satchel manifest")
     return Tree(tree_root, "sharded", dict(m.metadata), m.module, checksummed=True)
+
+
+def _open_pool(folder: Path, where: str, file: str) -> Opened:
+    return open_file(resolve(folder, file, where))
 
 
 def _bins(index: Index, shards: dict[str, Path], *, where: str, verify: bool) -> Tree:
