@@ -205,6 +205,32 @@ def test_api_calls_parse_a_file_once(tmp_path: Path, monkeypatch: pytest.MonkeyP
     assert len(calls) == 4, calls
 
 
+def test_load_opens_a_satchel_file_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Detection asks first whether a file is shaped like safetensors; for a satchel file the
+    # one open and first read that answer it also give the header (reader.open_native).
+    p = tmp_path / "m.satchel"
+    satchel.save({"weight": torch.ones(2, 2)}, p)
+    opened: list[str] = []
+    real_open = os.open
+
+    def counting(path: Any, *args: Any, **kw: Any) -> int:
+        opened.append(str(path))
+        return real_open(path, *args, **kw)
+
+    monkeypatch.setattr(os, "open", counting)
+    out = satchel.load(p)
+    assert torch.equal(out["weight"], torch.ones(2, 2))
+    assert opened.count(str(p)) == 1, opened
+    # A file of another format still goes to detection, which names it.
+    q = tmp_path / "m.pt"
+    torch.save({"w": torch.ones(2)}, q)
+    np.testing.assert_array_equal(np.asarray(satchel.load(q)["w"]), np.ones(2))
+    bad = tmp_path / "junk.bin"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(64))
+    with pytest.raises(satchel.FormatError, match=r"not recognised|PNG"):
+        satchel.load(bad)
+
+
 def test_zip_member_crc_of_torch_files_is_checked(tmp_path: Path) -> None:
     # A flipped bit in a tensor's bytes inside a PyTorch zip: torch.load returns changed values;
     # satchel checks each member's CRC-32 when verifying.

@@ -39,7 +39,7 @@ from .records import (
     shape_field,
 )
 
-__all__ = ["COMPACT_FROM", "encode_columns", "parse_columns"]
+__all__ = ["COMPACT_FROM", "encode_columns", "parse_columns", "plain_records"]
 
 COMPACT_FROM = 1000  # SPEC 3.8: writers use version 2 from this many stored tensors on
 _TWO63 = 2**63
@@ -106,7 +106,7 @@ def parse_columns(
     if empty and set(kinds) <= _WHOLE_KINDS:
         # The usual file: every leaf a whole tensor or parameter without grad.
         columns = Columns(names, dts, shapes, digests, data, fws, kinds)
-        return partial(_plain_records, columns), columns
+        return partial(plain_records, columns), columns
     records = _records(names, dts, shapes, digests)
     leaves = _leaves(cols, data, fws, kinds, names, records, field)
     stored = dict(zip(names, records, strict=True))
@@ -124,7 +124,8 @@ def _records(
     return list(map(Stored, types, shapes, sums))
 
 
-def _plain_records(c: Columns) -> Records:
+def plain_records(c: Columns) -> Records:
+    """The records that plain columns (every leaf its whole stored tensor) stand for."""
     records = _records(c.names, c.dtypes, c.shapes, c.digests)
     leaves = tuple(
         Leaf(fw, kind, records[j].dtype, records[j].shape, c.names[j], 0, None, False)

@@ -31,6 +31,7 @@ __all__ = [
     "encode_header",
     "header_text",
     "json_object",
+    "looks_native",
     "parse_header",
     "parse_length",
     "render_columns",
@@ -116,6 +117,15 @@ class Header:
 
     # Unhashable, like the dataclass it was: its contents are mutable.
     __hash__ = None  # type: ignore[assignment]
+
+
+def looks_native(head: bytes, file_size: int) -> bool:
+    """Whether a file starting ``head`` is shaped like safetensors: an 8-byte length that fits
+    the file, then a JSON object (SPEC 1.1-1.2). What detection asks before anything else."""
+    if len(head) < 10:
+        return False
+    n = int.from_bytes(head[:8], "little")
+    return 2 <= n <= MAX_HEADER and 8 + n <= file_size and head[8:9] == b"{"
 
 
 def parse_length(prefix: bytes, file_size: int, *, where: str) -> int:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from functools import partial
 from itertools import repeat
 from operator import itemgetter
 from typing import Any, cast, get_args
@@ -18,7 +19,8 @@ from .. import dtypes
 from .._tree import validate_skeleton
 from ..adapters import Framework, Kind
 from ..errors import FormatError
-from .columns import COMPACT_FROM, encode_columns, parse_columns
+from .canonical import plain_manifest
+from .columns import COMPACT_FROM, encode_columns, parse_columns, plain_records
 from .header import check_addressable, json_object
 from .records import (
     Columns,
@@ -110,12 +112,22 @@ def _dump(version: int, m: Manifest, leaves: object, stored: object) -> str:
     return json.dumps(doc, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
 
 
-def parse_manifest(text: str, *, where: str) -> Manifest:
+def parse_manifest(text: str, *, where: str, columns_first: bool = True) -> Manifest:
     """Parse and validate a manifest (SPEC 3); cross-checks with the header live in validate.py.
+
+    A version 1 plain state dict as satchel spells it is checked column by column (SPEC 3.12);
+    ``columns_first=False`` takes the record-by-record path for it too (tests compare them).
 
     Raises:
         FormatError: naming the field at fault.
     """
+    plain = plain_manifest(text) if columns_first else None
+    if plain is not None:
+        p_root, p_meta, p_module, p_flat, p_columns = plain
+        records = partial(plain_records, p_columns)
+        return Manifest(
+            p_root, None, None, p_meta, p_module, p_flat, build=records, columns=p_columns
+        )
     doc = json_object(text.encode("utf-8"), where=where, what="satchel manifest")
     required = {"version", "root", "leaves", "stored", "metadata"}
     if not required <= set(doc) <= required | {"module"}:

@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from .._io.reader import open_native
 from .._remote.reader import read_url
 from .._remote.url import StorageOptions, is_url
 from ..errors import FormatError, UsageError
@@ -19,7 +20,7 @@ from ..formats import registry
 from ..formats.detect import describe_unknown, sniffed
 from .file import ArrayFile
 from .materialize import FrameworkName
-from .native import read_native
+from .native import native_tree, read_native
 from .refs import Tree
 
 __all__ = ["open_path"]
@@ -70,6 +71,12 @@ def _open(  # noqa: PLR0917 - private: open_path passes its own keywords through
     mmap: bool,
     verify: bool,
 ) -> ArrayFile:
+    # Detection asks first whether the file is shaped like safetensors: when it is, the file
+    # is opened once, for that question and the header both.
+    opened = open_native(path, mmap=mmap)
+    if opened is not None:
+        tree = native_tree(opened, verify=verify)
+        return ArrayFile(tree, path=str(path), framework=framework, device=device, dtype=dtype)
     fmt = sniffed(path, refine=False)
     if fmt in (None, "satchel", "safetensors"):
         # A path no foreign reader recognises goes to the native reader, whose errors name the

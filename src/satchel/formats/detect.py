@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import string
 
-from .._format.header import MAX_HEADER
+from .._format.header import looks_native
 from .._format.manifest import MANIFEST_KEY
 from .._io.reader import open_file
 from ..errors import FormatError
@@ -76,11 +76,7 @@ def sniffed(path: str | os.PathLike[str], *, refine: bool = True) -> FormatName 
 
 def _safetensors(pr: Probe) -> bool:
     """An 8-byte length that fits the file, followed by a JSON object (SPEC 1.1-1.2)."""
-    head = pr.head
-    if pr.is_dir or len(head) < 10:
-        return False
-    n = int.from_bytes(head[:8], "little")
-    return 2 <= n <= MAX_HEADER and 8 + n <= pr.size and head[8:9] == b"{"
+    return not pr.is_dir and looks_native(pr.head, pr.size)
 
 
 def describe_unknown(path: str | os.PathLike[str]) -> str | None:
