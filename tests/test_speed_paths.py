@@ -279,3 +279,41 @@ def test_copy_of_a_written_file_loads_identically(tmp_path: Path) -> None:
     q = tmp_path / "copy.satchel"
     shutil.copyfile(p, q)
     assert_same(satchel.load(q, mmap=False), general_load(p))
+
+
+def test_sharded_state_dict_loads_by_columns_like_the_general_path(tmp_path: Path) -> None:
+    # A satchel shard folder of a plain state dict: each shard's bulk path, merged in the
+    # index's key order; the general path (a progress callback) gives the same tensors.
+    folder = tmp_path / "shards"
+    s = state(40)
+    satchel.save(s, folder, max_shard_size=200)
+    assert len(list(folder.glob("*.safetensors"))) > 2
+    for verify in (True, False):
+        fast = satchel.load(folder, verify=verify)
+        assert_same(fast, general_load(folder, verify=verify))
+        assert_same(fast, s)
+    # Each tensor keeps its own storage, as on the general path.
+    fast = satchel.load(folder)
+    assert len({t.untyped_storage().data_ptr() for t in fast.values()}) == len(fast)
+
+
+def test_sharded_column_path_checks_bytes_and_shards_as_the_general_one(tmp_path: Path) -> None:
+    folder = tmp_path / "shards"
+    satchel.save(state(40), folder, max_shard_size=200)
+    shard = sorted(folder.glob("*.safetensors"))[1]
+    raw = bytearray(shard.read_bytes())
+    raw[-1] ^= 0xFF  # the last data byte of this shard's last tensor
+    shard.write_bytes(bytes(raw))
+    with pytest.raises(satchel.IntegrityError) as fast:
+        satchel.load(folder)
+    with pytest.raises(satchel.IntegrityError) as slow:
+        general_load(folder)
+    assert fast.value.field == slow.value.field
+    assert satchel.load(folder, verify=False).keys() == state(40).keys()
+    # A shard from another save with the same names: refused before any data, verify or not.
+    other = tmp_path / "other"
+    satchel.save(state(40, seed=1), other, max_shard_size=200)
+    shutil.copyfile(other / shard.name, shard)
+    for verify in (True, False):
+        with pytest.raises(satchel.IntegrityError, match="changed since"):
+            satchel.load(folder, verify=verify)

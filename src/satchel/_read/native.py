@@ -21,7 +21,7 @@ from ..errors import IntegrityError
 from .bulk import bulk_loader
 from .refs import ArrayRef, Built, Storage, Tree, U8Array
 
-__all__ = ["leaf_refs", "native_tree", "read_native", "stored_storages"]
+__all__ = ["check_stored", "leaf_refs", "native_tree", "read_native", "stored_storages"]
 
 
 def read_native(path: str | os.PathLike[str], *, mmap: bool, verify: bool) -> Tree:
@@ -48,7 +48,7 @@ def native_tree(opened: Opened, *, verify: bool) -> Tree:
         manifest.module,
         checksummed=True,
         build=partial(_satchel_tree, opened, verify),
-        bulk=bulk_loader(opened, verify=verify, check=_check),
+        bulk=bulk_loader(opened, verify=verify, check=check_stored),
     )
 
 
@@ -105,7 +105,11 @@ def stored_storages(opened: Opened, *, verify: bool) -> dict[str, Storage]:
     checked = verify and manifest is not None
     out = {}
     for e in opened.header.entries:
-        check = partial(_check, where, e.name, manifest.stored[e.name].xxh3) if checked else None  # type: ignore[union-attr]
+        check = (
+            partial(check_stored, where, e.name, manifest.stored[e.name].xxh3)  # type: ignore[union-attr]
+            if checked
+            else None
+        )
         region = (data, e.start, e.end)
         out[e.name] = Storage(None, e.name, region=region, check=check, origin=where)
     return out
@@ -136,7 +140,8 @@ def leaf_refs(leaves: Sequence[Leaf], storages: Mapping[str, Storage]) -> list[A
     return refs
 
 
-def _check(where: str, name: str, expected: str, data: U8Array) -> None:
+def check_stored(where: str, name: str, expected: str, data: U8Array) -> None:
+    """SPEC 3.7: ``data`` hashes to ``expected``, else the IntegrityError naming the tensor."""
     actual = xxh3_hex(data)
     if actual != expected:
         reason = f"checksum mismatch (xxh3 {actual}, recorded {expected})"
