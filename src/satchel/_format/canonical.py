@@ -26,7 +26,7 @@ from .. import dtypes
 from .header import MAX_CONTAINERS, MAX_DIMS
 from .records import Columns
 
-__all__ = ["Plain", "plain_manifest"]
+__all__ = ["Plain", "key_refs", "plain_manifest"]
 
 # The parts of a Manifest, in its constructor's order: root, metadata, module, flat, columns.
 Plain = tuple[dict[str, Any], dict[str, str], "str | None", tuple[list[str], list[int]], Columns]
@@ -108,7 +108,25 @@ def _flat(root: object) -> tuple[list[str], list[int]] | None:
     """``(keys, leaf indices)`` of ``{"$dict": [[key, {"$t": i}], ...]}``, keys unique."""
     if type(root) is not tuple or len(root) != 1 or root[0][0] != "$dict":
         return None
-    pairs = root[0][1]
+    found = key_refs(root[0][1], tuple)
+    if found is None:
+        return None
+    keys, refs = found
+    if not keys:
+        return [], []
+    ref_pairs = list(map(_FIRST, refs))
+    if set(map(_FIRST, ref_pairs)) != {"$t"}:
+        return None
+    index = list(map(_SECOND, ref_pairs))
+    if set(map(type, index)) != {int}:
+        return None
+    return keys, index
+
+
+def key_refs(pairs: object, ref_type: type) -> tuple[list[Any], list[Any]] | None:
+    """The keys and references of a state dict's ``[[key, ref], ...]`` (SPEC 4.2-4.3) when
+    every key is a distinct string and every reference a one-member ``ref_type`` (an object
+    as the parser gives it); else None."""
     if type(pairs) is not list:
         return None
     if not pairs:
@@ -118,15 +136,9 @@ def _flat(root: object) -> tuple[list[str], list[int]] | None:
     keys, refs = list(map(_FIRST, pairs)), list(map(_SECOND, pairs))
     if not _strings(keys) or len(set(keys)) != len(keys):
         return None
-    if set(map(type, refs)) != {tuple} or set(map(len, refs)) != {1}:
+    if set(map(type, refs)) != {ref_type} or set(map(len, refs)) != {1}:
         return None
-    ref_pairs = list(map(_FIRST, refs))
-    if set(map(_FIRST, ref_pairs)) != {"$t"}:
-        return None
-    index = list(map(_SECOND, ref_pairs))
-    if set(map(type, index)) != {int}:
-        return None
-    return keys, index
+    return keys, refs
 
 
 def _stored(stored: object) -> tuple[list[str], list[str], list[list[int]], str] | None:

@@ -19,7 +19,7 @@ from .. import dtypes
 from .._tree import validate_skeleton
 from ..adapters import Framework, Kind
 from ..errors import FormatError
-from .canonical import plain_manifest
+from .canonical import key_refs, plain_manifest
 from .columns import COMPACT_FROM, encode_columns, parse_columns, plain_records
 from .header import check_addressable, json_object
 from .records import (
@@ -199,19 +199,12 @@ def flat_dict(root: object, n_leaves: int) -> tuple[list[str], list[int]] | None
     """
     if type(root) is not dict or len(root) != 1:
         return None
-    pairs = root.get("$dict")
-    if type(pairs) is not list:
+    found = key_refs(root.get("$dict"), dict)
+    if found is None:
         return None
-    if not pairs:
+    keys, refs = found
+    if not keys:
         return [], []
-    if set(map(type, pairs)) != {list} or set(map(len, pairs)) != {2}:
-        return None
-    keys = list(map(_FIRST, pairs))
-    refs = list(map(_SECOND, pairs))
-    if set(map(type, keys)) != {str} or len(set(keys)) != len(keys):
-        return None
-    if set(map(type, refs)) != {dict} or set(map(len, refs)) != {1}:
-        return None
     index: list[Any] = list(map(dict.get, refs, repeat("$t")))
     if set(map(type, index)) != {int} or not 0 <= min(index) <= max(index) < n_leaves:
         return None
