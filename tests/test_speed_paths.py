@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+import xxhash
 
 import satchel
 from satchel._format.header import Entry, render_entries
@@ -317,3 +318,28 @@ def test_sharded_column_path_checks_bytes_and_shards_as_the_general_one(tmp_path
     for verify in (True, False):
         with pytest.raises(satchel.IntegrityError, match="changed since"):
             satchel.load(folder, verify=verify)
+
+
+def test_sharded_shard_keyed_unlike_its_stored_names_takes_the_general_path(
+    tmp_path: Path,
+) -> None:
+    # A valid shard whose state-dict key is not its stored tensor's name (satchel's writer
+    # never does this): the index's structure still decides the keys, as on the general path.
+    folder = tmp_path / "shards"
+    s = state(10)
+    satchel.save(s, folder, max_shard_size=200)
+    shard = sorted(folder.glob("*.safetensors"))[0]
+    raw = shard.read_bytes()
+    n = int.from_bytes(raw[:8], "little")
+    header = json.loads(raw[8 : 8 + n])
+    meta = header["__metadata__"]
+    manifest = json.loads(meta["satchel"])
+    key = manifest["root"]["$dict"][0][0]
+    manifest["root"]["$dict"][0][0] = key + ".renamed"
+    meta["satchel"] = json.dumps(manifest, separators=(",", ":"))
+    meta["satchel.xxh3"] = xxhash.xxh3_64_hexdigest(meta["satchel"].encode())
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-(8 + len(text)) % 64)
+    shard.write_bytes(len(text).to_bytes(8, "little") + text + raw[8 + n :])
+    for verify in (True, False):
+        assert_same(satchel.load(folder, verify=verify), s)

@@ -205,6 +205,8 @@ def _columns_tree(
         if sm is None or sm.columns is None:
             return None
         names = sm.columns.names
+        if sm.flat is None or sm.flat[0] != [names[sm.columns.data[i]] for i in sm.flat[1]]:
+            return None  # a shard's keys are its stored names, as the writer makes them
         if any(index.weight_map.get(n) != file for n in names) or not position.keys() >= set(names):
             return None  # the general path names the misplaced tensor
         want = [position[n] for n in names]
