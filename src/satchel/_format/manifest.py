@@ -12,7 +12,6 @@ import math
 import re
 from functools import partial
 from itertools import repeat
-from operator import itemgetter
 from typing import Any, cast, get_args
 
 from .. import dtypes
@@ -61,7 +60,6 @@ _HEX16 = re.compile(r"[0-9a-f]{16}")
 _KINDS = frozenset(get_args(Kind))
 _BY_NAME = {d.name: d for d in dtypes.DTYPES}
 _TWO63 = 2**63
-_FIRST, _SECOND = itemgetter(0), itemgetter(1)
 
 
 def encode_manifest(m: Manifest, *, compact: bool | None = None) -> str:
